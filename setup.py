@@ -1,0 +1,29 @@
+"""ament_python packaging of dsformer_ros: the runtime, the training tools and the ROS data files."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "dsformer_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="DSFormer visual place recognition for ROS 2",
+    python_requires=">=3.10",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*", "training", "training.*"]),
+    package_data={"training": ["configs/*.yaml"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"lib/{PACKAGE}", ["scripts/vpr_node"]),
+    ],
+    zip_safe=False,
+    entry_points={
+        "console_scripts": [
+            "dsformer-vpr = training.cli:main",
+            "vpr_node = dsformer_ros.node_main:main",
+        ],
+    },
+)

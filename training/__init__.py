@@ -1,0 +1,1 @@
+"""Training, block clustering, map building and evaluation for dsformer_ros (imports the runtime, never the reverse)."""

@@ -1,0 +1,54 @@
+"""`dsformer-vpr`: one command line for the runtime and the training tools; subcommands import lazily."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from dsformer_ros.cli_support import setup_logging
+
+# name -> (module providing add_arguments(parser) and run(args) -> int, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "describe": ("dsformer_ros.describe_cli", "compute global descriptors of images into a .npy file"),
+    "bench": ("dsformer_ros.bench", "time the model per variant, dtype and batch size (fast vs reference iRPE)"),
+    "node": ("dsformer_ros.node_main", "run the ROS 2 VPR node without ros2 launch"),
+    "eval": ("training.evaluate_cli", "Recall@N of a model or baseline on a VPR dataset, with a report"),
+    "bench-map": ("training.bench_map", "time map search (exact, HNSW, IVF) on 10k to 1M places"),
+    "build-map": ("training.build_map", "build a reference map from a drive log (rosbag2, ROS 1 bag) or '@' folder"),
+    "merge-maps": ("training.merge_maps", "merge map shards built with --shard i/n into one map"),
+    "partition": ("training.partition_cli", "block-clustering (or grid) partition of geo-tagged positions"),
+    "train": ("training.train", "train DSFormer (EigenPlaces-style) from a YAML config"),
+    "synth": ("training.synth.cli", "render synthetic drive logs of a procedural town"),
+    "replay": ("training.replay", "replay a bag against a map: Recall@N, fix precision, latency"),
+    "demo": ("training.demo", "the end-to-end demo: synth, train, build map, replay through the node"),
+}
+
+
+def _overview() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "commands:\n" + "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to the subcommand named first on the command line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: dsformer-vpr COMMAND [options]\n\n" + _overview())
+        return 0 if argv else 2
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"dsformer-vpr: unknown command {name!r}\n\n{_overview()}", file=sys.stderr)
+        return 2
+    module_name, help_ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"dsformer-vpr {name}", description=help_)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    setup_logging(args.verbose)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
