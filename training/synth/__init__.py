@@ -1,0 +1,1 @@
+"""Synthetic drive logs of a procedural town (`dsformer-vpr synth`)."""
