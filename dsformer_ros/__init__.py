@@ -1,18 +1,28 @@
-"""dsformer_ros: DSFormer visual place recognition for ROS 2 robots (runtime library; ROS adapters import rclpy lazily)."""
-from dsformer_ros.dsformer import DSFormer, ModelConfig, build_model, preset
-from dsformer_ros.extractor import DescriptorExtractor
-from dsformer_ros.loading import load_model, resolve_device
-from dsformer_ros.preprocess import PreprocessConfig, preprocess
+"""dsformer_ros: DSFormer visual place recognition for ROS 2 robots (runtime library; ROS adapters import rclpy lazily).
 
-__all__ = [
-    "DSFormer",
-    "DescriptorExtractor",
-    "ModelConfig",
-    "PreprocessConfig",
-    "build_model",
-    "load_model",
-    "preprocess",
-    "preset",
-    "resolve_device",
-]
+The public names load on first use, so light tools (the CLI's help, config parsing) do not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "DSFormer": "dsformer_ros.dsformer",
+    "ModelConfig": "dsformer_ros.dsformer",
+    "build_model": "dsformer_ros.dsformer",
+    "preset": "dsformer_ros.dsformer",
+    "DescriptorExtractor": "dsformer_ros.extractor",
+    "load_model": "dsformer_ros.loading",
+    "resolve_device": "dsformer_ros.loading",
+    "PreprocessConfig": "dsformer_ros.preprocess",
+    "preprocess": "dsformer_ros.preprocess",
+}
+__all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'dsformer_ros' has no attribute {name!r}")

@@ -92,5 +92,7 @@ def test_bf16_autocast_stays_close_to_fp32(corridor):
 def test_unavailable_cuda_is_an_error():
     if torch.cuda.is_available():
         pytest.skip("this check needs a machine without CUDA")
-    with pytest.raises(dsformer_ros.loading.DeviceError, match="CUDA is not available"):
+    from dsformer_ros.loading import DeviceError
+
+    with pytest.raises(DeviceError, match="CUDA is not available"):
         dsformer_ros.resolve_device("cuda")
