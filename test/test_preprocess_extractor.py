@@ -96,3 +96,18 @@ def test_unavailable_cuda_is_an_error():
 
     with pytest.raises(DeviceError, match="CUDA is not available"):
         dsformer_ros.resolve_device("cuda")
+
+
+def test_describe_cli_writes_descriptors(corridor, tmp_path):
+    from dsformer_ros.checkpoint import save_checkpoint
+    from training.cli import main
+
+    model = dsformer_ros.load_model(variant="efficientnet_lite0", device="cpu", seed=5)
+    ckpt = tmp_path / "lite.pt"
+    save_checkpoint(ckpt, model)
+    paths = [str(p) for p in sorted((corridor / "ref").glob("*.jpg"))[:3]]
+    out = tmp_path / "d.npy"
+    assert main(["describe", "--checkpoint", str(ckpt), *paths, "--out", str(out), "--device", "cpu"]) == 0
+    written = np.load(out, allow_pickle=False)
+    expected = dsformer_ros.DescriptorExtractor(model).describe_paths(paths)
+    assert written.shape == (3, 256) and np.allclose(written, expected, atol=1e-5)
