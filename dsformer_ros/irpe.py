@@ -42,17 +42,23 @@ def _bucket_table_cpu(height: int, width: int) -> Tensor:
     return (dr * SIDE + dc).contiguous()
 
 
-_DEVICE_TABLES: dict[tuple[int, int, str], Tensor] = {}
+_DEVICE_TABLES: dict[tuple[int, int, str], tuple[Tensor, Tensor]] = {}
+
+
+def bucket_tables(height: int, width: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """(L, L) bucket ids of token pairs (i, j) and their contiguous transpose, cached per grid shape and device."""
+    key = (height, width, str(device))
+    tables = _DEVICE_TABLES.get(key)
+    if tables is None:
+        table = _bucket_table_cpu(height, width).to(device)
+        tables = (table, table.transpose(0, 1).contiguous())
+        _DEVICE_TABLES[key] = tables
+    return tables
 
 
 def bucket_table(height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
     """(L, L) bucket ids of token pairs (i, j) on an height x width grid, cached per grid shape and device."""
-    key = (height, width, str(device))
-    table = _DEVICE_TABLES.get(key)
-    if table is None:
-        table = _bucket_table_cpu(height, width).to(device)
-        _DEVICE_TABLES[key] = table
-    return table
+    return bucket_tables(height, width, device)[0]
 
 
 def reference_irpe_attention(
@@ -78,14 +84,20 @@ def fast_irpe_attention(
     """Same function as `reference_irpe_attention` without (L, L, d) tensors: (L, 49) products, gathers, bucket sums."""
     batch, heads, length, head_dim = q.shape
     scale = head_dim**-0.5
-    buckets = bucket_table(*grid, device=q.device).expand(batch, heads, length, length)
-    q_scaled = q * scale
-    # (q k^T) * scale + q . Tk[bucket(i, j)] == q_scaled @ k^T + gather(q @ Tk)
-    logits = q_scaled @ k.transpose(-2, -1)
-    logits = logits + torch.gather(q @ table_k[0].to(q.dtype), -1, buckets)
-    logits = logits + torch.gather((k * scale) @ table_q[0].to(q.dtype), -1, buckets).transpose(-2, -1)
-    attn = logits.softmax(dim=-1)
-    per_bucket = attn.new_zeros(batch, heads, length, NUM_BUCKETS).scatter_add_(-1, buckets, attn)
+    buckets, buckets_t = bucket_tables(*grid, device=q.device)
+    # key term q_i . Tk[b(i, j)]: gather the (L, 49) products along the bucket axis
+    bias = torch.gather(q @ table_k[0].to(q.dtype), -1, buckets.expand(batch, heads, length, length))
+    # query term k_j . Tq[b(j, i)] at [i, j]: gather rows of the (49, L) products with the transposed buckets
+    key_products = (table_q[0].to(q.dtype).transpose(0, 1) @ (k * scale).transpose(-2, -1))
+    bias += torch.gather(key_products, -2, buckets_t.expand(batch, heads, length, length))
+    flat = (batch * heads, length, length)
+    logits = torch.baddbmm(
+        bias.reshape(flat), q.reshape(-1, length, head_dim), k.reshape(-1, length, head_dim).transpose(1, 2), alpha=scale
+    )
+    attn = logits.softmax(dim=-1).reshape(batch, heads, length, length)
+    # value term: sum attention per bucket first, then one small matmul with the 49-row table
+    per_bucket = attn.new_zeros(batch, heads, length, NUM_BUCKETS)
+    per_bucket.scatter_add_(-1, buckets.expand(batch, heads, length, length), attn)
     return attn @ v + per_bucket @ table_v[0].to(q.dtype)
 
 
