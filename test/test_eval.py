@@ -1,0 +1,198 @@
+"""Recall@N evaluation: recall maths, ground truth, the data set readers, baselines on corridor, report, figures, cache."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from training.at_names import AtName, format_at_name
+from training.cli import main as cli_main
+from training.datasets import (
+    DatasetConfig,
+    DatasetError,
+    open_dataset,
+    read_at_dataset,
+    read_index_folders,
+    read_msls_val,
+    read_nordland,
+)
+from training.evaluate import EvalConfig, evaluate
+from training.recall import first_correct_rank, positives_within_frames, positives_within_radius, recall_at_n
+
+
+def _png_ok(path: Path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    image = cv2.imread(str(path))
+    assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
+    assert image.std() > 5, f"{path} looks blank"
+
+
+def test_recall_at_n_hand_made_cases() -> None:
+    predictions = np.array([[0, 1, 2], [2, 1, 0], [1, 2, 0], [0, 1, 2], [3, -1, -1]])
+    positives = [np.array([1]), np.array([0]), np.array([], dtype=np.int64), np.array([5]), np.array([3])]
+    result = recall_at_n(predictions, positives, (1, 2, 3))
+    assert result["queries"] == 5
+    assert result["queries_without_positives"] == 1
+    assert result["recall"] == {1: pytest.approx(1 / 5), 2: pytest.approx(2 / 5), 3: pytest.approx(3 / 5)}
+    assert result["recall_queries_with_positives"][3] == pytest.approx(3 / 4)
+    assert first_correct_rank(predictions, positives).tolist() == [1, 2, -1, -1, 0]
+    with pytest.raises(ValueError, match="Recall@5 needs at least 5"):
+        recall_at_n(predictions, positives, (1, 5))
+    with pytest.raises(ValueError, match="prediction rows"):
+        recall_at_n(predictions[:2], positives, (1,))
+
+
+def test_positives_by_radius_respect_distance_and_zone_groups() -> None:
+    db = np.array([[0.0, 0.0], [10.0, 0.0], [30.0, 0.0], [0.0, 0.0]])
+    queries = np.array([[0.0, 24.0], [20.0, 0.0], [500.0, 0.0]])
+    found = positives_within_radius(db, queries, 25.0)
+    assert [p.tolist() for p in found] == [[0, 3], [0, 1, 2, 3], []]  # (0, 24) to (10, 0) is 26 m
+    grouped = positives_within_radius(db, queries, 25.0, np.array([0, 0, 0, 1]), np.array([1, 0, 0]))
+    assert [p.tolist() for p in grouped] == [[3], [0, 1, 2], []]
+    assert [p.tolist() for p in positives_within_radius(db, queries, 12.0)] == [[], [1, 2], []]
+    frames = positives_within_frames(np.array([0, 1, 2, 3, 10]), np.array([2, 8, 20]), 2)
+    assert [p.tolist() for p in frames] == [[0, 1, 2, 3], [4], []]
+
+
+def test_at_reader_and_geotagged_report(corridor: Path, tmp_path: Path) -> None:
+    images = sorted((corridor / "ref").glob("*.jpg"))
+    root = tmp_path / "mini_at"
+    for part, offset, count in (("database", 0.0, 12), ("queries", 3.0, 6)):
+        folder = root / "test" / part
+        folder.mkdir(parents=True)
+        for i in range(count):
+            step = 20.0 if part == "database" else 40.0
+            name = AtName(550000.0 + i * step + offset, 4180000.0, 10, "S", 37.77, -122.4, heading_deg=90.0 + i)
+            shutil.copy(images[i * 8 if part == "database" else i * 16 + 2], folder / format_at_name(name))
+    dataset = read_at_dataset(root, "test", radius_m=25.0)
+    assert dataset.kind == "utm" and dataset.geotagged and dataset.utm_zone == (10, "S")
+    assert len(dataset.database_paths) == 12 and len(dataset.query_paths) == 6
+    # query i sits at 40 i + 3 m: database 2i (3 m away) and 2i+1 (17 m away) are within 25 m, 2i-1 (23 m) too
+    assert dataset.positives[0].tolist() == [0, 1]
+    assert dataset.positives[2].tolist() == [3, 4, 5]
+    assert math.isclose(float(dataset.database_heading[3]), 93.0)
+
+    cfg = EvalConfig(
+        dataset=DatasetConfig(format="at", root=str(root), split="test"), method="raw_pixels", out_dir=str(tmp_path / "out")
+    )
+    report = evaluate(cfg)
+    assert report["dataset"]["geotagged"] and report["figures"]["queries_map"] == "queries_map.png"
+    _png_ok(tmp_path / "out" / "queries_map.png")
+    _png_ok(tmp_path / "out" / "recall_at_n.png")
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["methods"]["raw_pixels"]["queries"] == 6
+
+
+def test_index_folders_without_ground_truth_match_by_index(gardens_point: Path) -> None:
+    dataset = read_index_folders(gardens_point)
+    assert len(dataset.database_paths) == len(dataset.query_paths) == 10
+    assert [p.tolist() for p in dataset.positives] == [[i] for i in range(10)]
+    wide = open_dataset(DatasetConfig(format="folders", root=str(gardens_point), frame_tolerance=1))
+    assert wide.positives[0].tolist() == [0, 1] and wide.positives[5].tolist() == [4, 5, 6]
+    assert "query i matches ref i" in dataset.description
+
+
+def test_nordland_frames_and_errors(corridor: Path, tmp_path: Path) -> None:
+    images = sorted((corridor / "ref").glob("*.jpg"))
+    for season, frames in (("summer", range(0, 20)), ("winter", (3, 10, 40))):
+        (tmp_path / season).mkdir()
+        for f in frames:
+            shutil.copy(images[f % len(images)], tmp_path / season / f"{season}_{f:05d}.png")
+    dataset = read_nordland(tmp_path, "summer", "winter", tolerance=2)
+    assert dataset.kind == "index" and not dataset.geotagged
+    assert [p.tolist() for p in dataset.positives] == [[1, 2, 3, 4, 5], [8, 9, 10, 11, 12], []]
+    shutil.copy(images[0], tmp_path / "winter" / "dup_00003.png")
+    with pytest.raises(DatasetError, match="frame number 3 appears more than once"):
+        read_nordland(tmp_path, "summer", "winter")
+    with pytest.raises(DatasetError, match="does not exist"):
+        read_nordland(tmp_path, "summer", "spring")
+
+
+def _write_msls_part(folder: Path, image: Path, rows: list[tuple[str, float, float, bool]], lat: float, lon: float) -> None:
+    (folder / "images").mkdir(parents=True)
+    post = [",key,easting,northing,night,view_direction,unique_cluster"]
+    raw = [",key,lon,lat,ca,captured_at,pano"]
+    for i, (key, east, north, pano) in enumerate(rows):
+        post.append(f"{i},{key},{east},{north},False,Forward,0")
+        raw.append(f"{i},{key},{lon},{lat},0.0,0,{pano}")
+        shutil.copy(image, folder / "images" / f"{key}.jpg")
+    (folder / "postprocessed.csv").write_text("\n".join(post) + "\n")
+    (folder / "raw.csv").write_text("\n".join(raw) + "\n")
+
+
+def test_msls_reader_excludes_panoramas_and_keeps_cities_apart(corridor: Path, tmp_path: Path) -> None:
+    image = corridor / "ref" / "0000000.jpg"
+    base = tmp_path / "train_val"
+    _write_msls_part(base / "cph" / "database", image, [("c0", 100.0, 200.0, False), ("c1", 150.0, 200.0, True)], 55.7, 12.5)
+    _write_msls_part(base / "cph" / "query", image, [("cq", 110.0, 200.0, False)], 55.7, 12.5)
+    _write_msls_part(base / "sf" / "database", image, [("s0", 105.0, 200.0, False)], 37.7, -122.4)
+    _write_msls_part(base / "sf" / "query", image, [("sq", 500.0, 200.0, False), ("sp", 104.0, 200.0, True)], 37.7, -122.4)
+    dataset = read_msls_val(tmp_path, ("cph", "sf"), radius_m=25.0)
+    assert [p.name for p in dataset.database_paths] == ["c0.jpg", "s0.jpg"]
+    assert [p.name for p in dataset.query_paths] == ["cq.jpg", "sq.jpg"]
+    # cq is 5 m from s0 numerically, but s0 is in another city: only c0 counts
+    assert [p.tolist() for p in dataset.positives] == [[0], []]
+    assert dataset.utm_zone is None and not dataset.geotagged
+
+
+def test_corridor_protocol_baselines_report_and_cache(corridor: Path, tmp_path: Path) -> None:
+    def run(method: str) -> dict:
+        cfg = EvalConfig(
+            dataset=DatasetConfig(format="folders", root=str(corridor)),
+            method=method,
+            device="cpu",
+            batch_size=32,
+            out_dir=str(tmp_path / method),
+            cache_dir=str(tmp_path / "cache"),
+        )
+        return evaluate(cfg)["methods"][method]
+
+    raw = run("raw_pixels")
+    assert 0.2 <= raw["recall"]["1"] <= 0.35, raw["recall"]
+    assert raw["database_cache"] == "miss" and raw["queries_without_positives"] == 0
+    again = run("raw_pixels")
+    assert again["database_cache"] == "hit" and again["extraction_ms_per_image"]["database"] is None
+    assert again["recall"] == raw["recall"]
+    gem = run("backbone_gem")
+    assert gem["recall"]["1"] > raw["recall"]["1"] + 0.1, (gem["recall"], raw["recall"])
+    assert gem["descriptor_dim"] == 320
+
+    report = json.loads((tmp_path / "raw_pixels" / "report.json").read_text())
+    result = report["methods"]["raw_pixels"]
+    assert report["dataset"]["database_images"] == report["dataset"]["queries"] == 111
+    assert len(result["per_query"]) == 111 and len(result["per_query"][0]["top_k"]) == 10
+    assert sorted(result["recall"]) == ["1", "10", "20", "5"]
+    assert result["map_memory_bytes"]["descriptors"] == 111 * 24 * 32 * 4
+    assert result["search_ms_per_query"] > 0 and result["extraction_ms_per_image"]["queries"] > 0
+    _png_ok(tmp_path / "raw_pixels" / "recall_at_n.png")
+    _png_ok(tmp_path / "raw_pixels" / "queries_strip.png")
+
+
+def test_eval_cli_with_baselines_on_gardens_point(gardens_point: Path, tmp_path: Path) -> None:
+    out = tmp_path / "gp"
+    code = cli_main(
+        ["eval", "--dataset-root", str(gardens_point), "--dataset-format", "folders", "--baselines", "--device", "cpu",
+         "--out", str(out), "--set", "recall_ns=[1,5,10]", "--set", "top_k=5"]
+    )
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["methods"]) == ["dsformer", "raw_pixels", "backbone_gem"]
+    for result in report["methods"].values():
+        assert set(result["recall"]) == {"1", "5", "10"}
+        assert result["recall"]["10"] == 1.0  # ten database images: every query's match is in the top 10
+        assert len(result["per_query"][0]["top_k"]) == 5
+    assert report["methods"]["dsformer"]["descriptor_dim"] == 256
+    _png_ok(out / "recall_at_n.png")
+
+
+def test_bad_configuration_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="dataset.root"):
+        EvalConfig(dataset=DatasetConfig(format="folders"), out_dir=str(tmp_path)).dataset.validate()
+    with pytest.raises(ValueError, match="method"):
+        EvalConfig(method="sift", out_dir=str(tmp_path)).validate()
+    with pytest.raises(DatasetError, match="does not exist"):
+        read_index_folders(tmp_path / "nowhere")
