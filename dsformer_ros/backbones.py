@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dsformer_ros.transformer import Mlp
+
 
 class ResNet50Features(nn.Module):
     """torchvision ResNet-50 without avgpool/fc; returns the layer3 (1024 ch, /16) and layer4 (2048 ch, /32) maps."""
@@ -61,19 +63,6 @@ class ViTAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
 
 
-class ViTMlp(nn.Module):
-    """fc1 -> GELU -> fc2."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class ViTBlock(nn.Module):
     """DINOv2 transformer block with LayerScale."""
 
@@ -83,7 +72,7 @@ class ViTBlock(nn.Module):
         self.attn = ViTAttention(dim, num_heads)
         self.ls1 = LayerScale(dim)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = ViTMlp(dim, 4 * dim)
+        self.mlp = Mlp(dim, 4 * dim)
         self.ls2 = LayerScale(dim)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -86,15 +86,7 @@ class DescriptorExtractor:
 
     def describe_paths(self, paths: Iterable[str | Path], progress: bool = False) -> np.ndarray:
         """Image files -> float32 (N, D), read and described in batches (bounded memory)."""
-        paths = list(paths)
-        out = np.zeros((len(paths), self.dim), dtype=np.float32)
-        bar = tqdm(total=len(paths), desc="describe", unit="img", disable=not progress)
-        for start in range(0, len(paths), self.batch_size):
-            chunk = paths[start : start + self.batch_size]
-            out[start : start + len(chunk)] = self.describe([read_image(p) for p in chunk])
-            bar.update(len(chunk))
-        bar.close()
-        return out
+        return describe_files(paths, self.describe, self.dim, self.batch_size, "describe", progress)
 
     def warmup(self, iterations: int = 2) -> None:
         """Run the model on a blank native-size image so the first real frame is not slow."""
@@ -102,3 +94,23 @@ class DescriptorExtractor:
         blank = np.zeros((height, width, 3), dtype=np.uint8)
         for _ in range(iterations):
             self.describe([blank])
+
+
+def describe_files(
+    paths: Iterable[str | Path],
+    describe: Callable[[list[np.ndarray]], np.ndarray],
+    dim: int,
+    batch_size: int,
+    desc: str = "describe",
+    progress: bool = False,
+) -> np.ndarray:
+    """Read image files batch by batch and stack `describe(batch_of_rgb)` into float32 (N, dim)."""
+    paths = list(paths)
+    out = np.zeros((len(paths), dim), dtype=np.float32)
+    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        out[start : start + len(chunk)] = describe([read_image(p) for p in chunk])
+        bar.update(len(chunk))
+    bar.close()
+    return out

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from dsformer_ros.config import ConfigError, to_dict
 from dsformer_ros.dsformer import DSFormer
-from dsformer_ros.extractor import DescriptorExtractor
+from dsformer_ros.extractor import DescriptorExtractor, describe_files
 from dsformer_ros.preprocess import preprocess, preprocess_config_for, read_image
 
 
@@ -219,12 +219,4 @@ class BackboneGeM:
 
     def describe_paths(self, paths: Iterable[str | Path], progress: bool = False) -> np.ndarray:
         """Descriptors of image files, read and described in batches."""
-        paths = list(paths)
-        out = np.zeros((len(paths), self.dim), dtype=np.float32)
-        bar = tqdm(total=len(paths), desc="backbone GeM", unit="img", disable=not progress)
-        for start in range(0, len(paths), self.batch_size):
-            chunk = paths[start : start + self.batch_size]
-            out[start : start + len(chunk)] = self.describe_batch([read_image(p) for p in chunk])
-            bar.update(len(chunk))
-        bar.close()
-        return out
+        return describe_files(paths, self.describe_batch, self.dim, self.batch_size, "backbone GeM", progress)
