@@ -22,7 +22,7 @@ def test_pip_install_puts_ros_files_where_launch_finds_them(repo_root, tmp_path)
     prefix = tmp_path / "prefix"
     env = dict(os.environ, PIP_NO_INDEX="1")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--ignore-installed",
          "--prefix", str(prefix), str(repo_root)],
         check=True, env=env, cwd=tmp_path, timeout=300,
     )
