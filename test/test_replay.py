@@ -1,0 +1,119 @@
+"""Replay evaluation: metric arithmetic, and offline vs node mode on one real synthetic bag (same recall, report, figures)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dsformer_ros.checkpoint import save_checkpoint
+from dsformer_ros.dsformer import build_model, preset
+from dsformer_ros.pretrained import init_backbone
+from training.build_map import BuildMapConfig, build_map
+from training.replay import ReplayConfig, run_replay
+from training.replay_metrics import ReplayResults, compute_metrics
+from training.synth.cli import SynthConfig
+from training.synth.drive import write_drive
+
+FRAMES = 24
+
+
+def test_metrics_by_hand() -> None:
+    """Recall, fix precision/availability and percentiles on a hand-made 4-frame result."""
+    r = ReplayResults.empty_like(4, 3)
+    r.gt_xy[:] = [[0, 0], [100, 0], [200, 0], [np.nan, np.nan]]
+    r.answered[:] = True
+    # frame 0: top-1 correct; frame 1: correct at rank 3; frame 2: all wrong; frame 3: no GPS
+    r.cand_xy[0] = [[5, 0], [90, 0], [300, 0]]
+    r.cand_xy[1] = [[0, 0], [300, 0], [110, 0]]
+    r.cand_xy[2] = [[0, 0], [100, 0], [400, 0]]
+    r.cand_xy[3] = [[0, 0], [0, 0], [0, 0]]
+    r.cand_place_ids[:] = 1
+    r.accepted[:] = [True, True, False, True]
+    r.fix_xy[:] = [[3, 4], [150, 0], [np.nan, np.nan], [0, 0]]
+    r.fix_sigma_m[:] = [2.0, 3.0, np.nan, 1.0]
+    r.latency_s[:] = [0.01, 0.02, 0.03, 0.04]
+    map_xy = np.array([[0.0, 0.0], [100.0, 0.0], [200.0, 0.0]])
+    m = compute_metrics(r, map_xy, radius_m=25.0, ns=[1, 3])
+    assert m["frames_with_gps"] == 3 and m["frames_evaluable"] == 3
+    assert m["recall"] == {"1": pytest.approx(1 / 3), "3": pytest.approx(2 / 3)}
+    assert m["fix"]["accepted"] == 3
+    assert m["fix"]["precision"] == pytest.approx(0.5)  # two accepted with GPS: 5 m (ok) and 50 m (wrong)
+    assert m["fix"]["availability"] == pytest.approx(2 / 3)
+    assert m["fix"]["error_m"]["p50"] == pytest.approx(27.5)
+    assert m["latency_ms"]["p50"] == pytest.approx(25.0)
+    with pytest.raises(ValueError, match="Recall@5"):
+        compute_metrics(r, map_xy, 25.0, [5])
+
+
+@pytest.fixture(scope="module")
+def drive_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A day mapping bag and a dusk query bag (other lane) of one route, an untrained small checkpoint, its map."""
+    root = tmp_path_factory.mktemp("replay")
+    common = dict(blocks_x=3, blocks_y=3, route_seed=2, width=128, height=96, fps=2.0, frames=FRAMES)
+    write_drive(SynthConfig(**common, condition="day", drive_seed=1, output=str(root / "mapping")))
+    write_drive(SynthConfig(**common, condition="dusk", lane_offset_m=-1.75, drive_seed=2, compressed=True,
+                            start_time_s=1_700_001_000.0, output=str(root / "query")))
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(preset("efficientnet_lite0"), image_size=(64, 64)))
+    init_backbone(model)
+    checkpoint = root / "untrained.pt"
+    save_checkpoint(checkpoint, model.eval(), {"source": "test"})
+    build_map(BuildMapConfig(input=str(root / "mapping"), checkpoint=str(checkpoint), device="cpu", spacing_m=2.0,
+                             out=str(root / "map")))
+    return {"root": root, "query": root / "query", "map": root / "map", "checkpoint": checkpoint}
+
+
+def _config(setup: dict[str, Path], mode: str) -> ReplayConfig:
+    return ReplayConfig(bag=str(setup["query"]), map=str(setup["map"]), checkpoint=str(setup["checkpoint"]),
+                        image_topic="/camera/image_raw/compressed", mode=mode, recall_ns=[1, 5], device="cpu",
+                        out_dir=str(setup["root"] / f"report_{mode}"), torch_threads=1)
+
+
+def test_offline_and_node_agree(drive_setup: dict[str, Path]) -> None:
+    """The node on the ROS graph (sim time, CompressedImage) gives offline mode's candidates, fixes and recall."""
+    offline = run_replay(_config(drive_setup, "offline"))
+    node = run_replay(_config(drive_setup, "node"))
+    assert offline["metrics"]["frames"] == node["metrics"]["frames"] == FRAMES
+    assert node["metrics"]["frames_answered"] == FRAMES and node["node"]["timeouts"] == 0
+    assert node["node"]["exit_code"] == 0
+    assert offline["metrics"]["recall"] == node["metrics"]["recall"]
+    assert offline["metrics"]["fix"]["accepted"] == node["metrics"]["fix"]["accepted"]
+    a = ReplayResults.load_npz(drive_setup["root"] / "report_offline" / "frames.npz")
+    b = ReplayResults.load_npz(drive_setup["root"] / "report_node" / "frames.npz")
+    np.testing.assert_array_equal(a.stamp_ns, b.stamp_ns)
+    np.testing.assert_array_equal(a.cand_place_ids, b.cand_place_ids)
+    np.testing.assert_array_equal(a.accepted, b.accepted)
+    np.testing.assert_allclose(a.cand_scores, b.cand_scores, atol=1e-5)
+    np.testing.assert_allclose(a.fix_xy, b.fix_xy, atol=1e-6)
+    assert np.isfinite(b.latency_s).all() and (b.latency_s > 0).all()
+    assert node["node"]["diagnostics"]["frames_dropped"] == "0"
+
+
+def test_report_and_figures(drive_setup: dict[str, Path]) -> None:
+    """report.json holds the metrics and the PNG figures exist and are images."""
+    cfg = dataclasses.replace(_config(drive_setup, "offline"), out_dir=str(drive_setup["root"] / "report_figs"),
+                              max_frames=10)
+    run_replay(cfg)
+    out = Path(cfg.out_dir)
+    report = json.loads((out / "report.json").read_text())
+    m = report["metrics"]
+    assert m["frames"] == 10 and m["frames_with_gps"] == 10
+    assert 0.0 <= m["recall"]["1"] <= m["recall"]["5"] <= 1.0
+    assert set(report["recall_curve"]) == {"1", "2", "3", "4", "5"}
+    assert m["latency_ms"]["p50"] > 0
+    for name in report["figures"]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_inputs_are_named(drive_setup: dict[str, Path], tmp_path: Path) -> None:
+    """A missing map or a topic that is not in the bag fails with a message naming it."""
+    cfg = dataclasses.replace(_config(drive_setup, "offline"), map=str(tmp_path / "nomap"))
+    with pytest.raises(FileNotFoundError, match="map"):
+        run_replay(cfg)
+    cfg = dataclasses.replace(_config(drive_setup, "offline"), image_topic="/nope", out_dir=str(tmp_path / "o"))
+    with pytest.raises(ValueError, match="/nope"):
+        run_replay(cfg)
