@@ -319,3 +319,13 @@ def test_missing_topics_and_no_gps(images, mcap_raw, tmp_path, _config) -> None:
     with pytest.raises(BagError, match="not a rosbag2"):
         build_map(_config(tmp_path, tmp_path / "c", kind="bag"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_rosbag2_directory_named_like_ros1_is_refused_clearly(tmp_path):
+    from training.bag_reader import BagError, resolve_bag_path
+
+    bag_dir = tmp_path / "drive.bag"
+    bag_dir.mkdir()
+    (bag_dir / "metadata.yaml").write_text("rosbag2_bagfile_information: {}\n")
+    with pytest.raises(BagError, match="rename the directory"):
+        resolve_bag_path(bag_dir)

@@ -85,6 +85,11 @@ def resolve_bag_path(path: str | Path) -> Path:
         return path.parent
     if path.is_dir() and not (path / "metadata.yaml").is_file():
         raise BagError(f"{path} is a directory without metadata.yaml: not a rosbag2 recording")
+    if path.is_dir() and path.suffix == ".bag":
+        raise BagError(
+            f"{path} is a rosbag2 directory named like a ROS 1 file: rosbags reads every '*.bag' as ROS 1, "
+            "so rename the directory (e.g. without the .bag suffix)"
+        )
     if path.is_file() and path.suffix != ".bag":
         raise BagError(f"{path}: expected a rosbag2 directory or a ROS 1 .bag file")
     return path
