@@ -100,3 +100,18 @@ def list_images(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def read_at_folder(folder: str | Path) -> tuple[list[Path], list[AtName]]:
+    """Every image under `folder` with its parsed '@' name; no images or a bad name is an error naming it."""
+    folder = Path(folder)
+    paths = list_images(folder)
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    names = []
+    for path in paths:
+        try:
+            names.append(parse_at_name(path))
+        except AtNameError as exc:
+            raise AtNameError(f"{path.parent}: {exc}") from None
+    return paths, names

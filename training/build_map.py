@@ -32,7 +32,7 @@ from dsformer_ros.map_index import IndexConfig
 from dsformer_ros.placemap import PlaceMap, PlaceMetadata
 from dsformer_ros.preprocess import ImageError, read_image
 from dsformer_ros.utm import latlon_to_utm
-from training.at_names import AtNameError, list_images, parse_at_name
+from training.at_names import AtNameError, list_images, read_at_folder
 from training.bag_reader import DriveLogReader, resolve_bag_path
 from training.track import (
     Track,
@@ -264,15 +264,10 @@ def plan_bag(cfg: BuildMapConfig) -> Plan:
 def plan_at_folder(cfg: BuildMapConfig) -> Plan:
     """An '@' folder is already a database: every image becomes a place (positions and heading from the names)."""
     folder = Path(cfg.input)
-    paths = list_images(folder)
-    if not paths:
-        raise BuildError(f"no images (.jpg, .jpeg, .png) under {folder}")
-    names = []
-    for p in paths:
-        try:
-            names.append(parse_at_name(p))
-        except AtNameError as exc:
-            raise BuildError(f"{p.relative_to(folder)}: {exc}") from None
+    try:
+        paths, names = read_at_folder(folder)
+    except (FileNotFoundError, AtNameError) as exc:
+        raise BuildError(str(exc)) from None
     stamps = np.array([int(a.timestamp) if a.timestamp.isdigit() else 0 for a in names], dtype=np.int64)
     zone, letter = names[0].zone_number, names[0].zone_letter
     easting = np.array([a.easting for a in names])

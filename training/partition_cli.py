@@ -12,7 +12,7 @@ import numpy as np
 
 from dsformer_ros.atomic import atomic_save, atomic_write_text
 from dsformer_ros.cli_support import add_config_arguments, config_from_args
-from training.at_names import list_images, parse_at_name
+from training.at_names import read_at_folder
 from training.partition import Partition, PartitionConfig, partition
 from training.sfxl_positions import sfxl_like_positions
 
@@ -118,10 +118,7 @@ def _load_positions(args: argparse.Namespace) -> tuple[np.ndarray, list[str] | N
     if args.synthetic is not None:
         return sfxl_like_positions(args.synthetic, seed=args.seed), None
     if args.images is not None:
-        paths = list_images(args.images)
-        if not paths:
-            raise FileNotFoundError(f"no images in {args.images}")
-        names = [parse_at_name(p) for p in paths]
+        paths, names = read_at_folder(args.images)
         zones = sorted({(n.zone_number, n.zone_letter) for n in names})
         if len(zones) > 1:
             raise ValueError(f"{args.images}: images lie in {len(zones)} UTM zones {zones}; "

@@ -17,7 +17,7 @@ import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
 from dsformer_ros.preprocess import read_image
-from training.at_names import AtNameError, list_images, parse_at_name
+from training.at_names import AtName, AtNameError, read_at_folder
 from training.partition import VIEWS, Partition, focal_headings_deg, partition
 from training.train_config import AugmentSection, DataSection
 
@@ -67,17 +67,14 @@ class TrainingSet:
 def read_image_table(roots: list[str]) -> ImageTable:
     """All '@'-named images under `roots`, with positions and headings; every image needs a heading and one zone."""
     paths: list[Path] = []
+    names: list[AtName] = []
     for root in roots:
-        found = list_images(root)
-        if not found:
-            raise TrainingDataError(f"training image folder {root} holds no images")
-        paths.extend(found)
-    names = []
-    for path in paths:
         try:
-            names.append(parse_at_name(path))
-        except AtNameError as exc:
-            raise TrainingDataError(f"training image {path}: {exc}") from None
+            found, parsed = read_at_folder(root)
+        except (FileNotFoundError, AtNameError) as exc:
+            raise TrainingDataError(f"training images: {exc}") from None
+        paths.extend(found)
+        names.extend(parsed)
     zones = sorted({f"{n.zone_number}{n.zone_letter}" for n in names})
     if len(zones) > 1:
         raise TrainingDataError(f"training images span several UTM zones ({', '.join(zones)}); train one zone at a time")
