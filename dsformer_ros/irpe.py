@@ -50,8 +50,10 @@ def bucket_tables(height: int, width: int, device: torch.device | str = "cpu") -
     key = (height, width, str(device))
     tables = _DEVICE_TABLES.get(key)
     if tables is None:
-        table = _bucket_table_cpu(height, width).to(device)
-        tables = (table, table.transpose(0, 1).contiguous())
+        # normal tensors even when first asked for under inference_mode: training reuses them in autograd
+        with torch.inference_mode(False):
+            table = _bucket_table_cpu(height, width).to(device)
+            tables = (table, table.transpose(0, 1).contiguous())
         _DEVICE_TABLES[key] = tables
     return tables
 

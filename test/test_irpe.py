@@ -87,3 +87,13 @@ def test_attention_module_switches_implementation():
     ref = attn(q, k, v, (3, 4))
     assert fast.shape == (1, 12, 64)
     assert (fast - ref).abs().max().item() <= 1e-5
+
+
+def test_tables_cached_under_inference_mode_serve_training():
+    torch.manual_seed(0)
+    attn = IRPEAttention(32, 2)
+    with torch.inference_mode():
+        attn(*(torch.randn(1, 2, 6 * 11, 16) for _ in range(3)), (6, 11))
+    q, k, v = (torch.randn(1, 2, 6 * 11, 16, requires_grad=True) for _ in range(3))
+    attn(q, k, v, (6, 11)).sum().backward()
+    assert q.grad is not None and attn.rpe_v.lookup_table_weight.grad is not None
