@@ -47,7 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
     setup_logging(args.verbose)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        # Bad input (config, checkpoint, map, bag, images): its message names the problem; -v shows the traceback.
+        if args.verbose:
+            raise
+        print(f"dsformer-vpr {name}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
