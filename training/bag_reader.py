@@ -174,15 +174,17 @@ class DriveLogReader:
             index += 1
             yield frame
 
+    def _readable(self, topic: str, msgtype: str, what: str) -> Iterator[Any]:
+        """Deserialized messages of one type on `topic` in bag order; damaged ones are logged and skipped."""
+        for conn, _, raw in self._reader.messages(self._connections(topic, (msgtype,), what)):
+            try:
+                yield self._reader.deserialize(raw, conn.msgtype)
+            except Exception as exc:  # rosbags raises assorted errors on damaged CDR
+                log.warning("skipping an unreadable %s message on %s: %s", msgtype, topic, exc)
+
     def gps_fixes(self, topic: str) -> Iterator[GpsFix]:
         """NavSatFix messages of `topic` in bag order (undeserializable ones are logged and skipped)."""
-        conns = self._connections(topic, (NAVSATFIX_TYPE,), "GPS")
-        for conn, _, raw in self._reader.messages(conns):
-            try:
-                msg = self._reader.deserialize(raw, conn.msgtype)
-            except Exception as exc:  # rosbags raises assorted errors on damaged CDR
-                log.warning("skipping an unreadable NavSatFix on %s: %s", topic, exc)
-                continue
+        for msg in self._readable(topic, NAVSATFIX_TYPE, "GPS"):
             cov = np.asarray(msg.position_covariance, dtype=np.float64)
             std = math.nan
             if int(msg.position_covariance_type) != COVARIANCE_TYPE_UNKNOWN and cov.size == 9:
@@ -192,13 +194,7 @@ class DriveLogReader:
 
     def odometry(self, topic: str) -> Iterator[OdomPose]:
         """Odometry messages of `topic` in bag order (undeserializable ones are logged and skipped)."""
-        conns = self._connections(topic, (ODOMETRY_TYPE,), "odometry")
-        for conn, _, raw in self._reader.messages(conns):
-            try:
-                msg = self._reader.deserialize(raw, conn.msgtype)
-            except Exception as exc:  # rosbags raises assorted errors on damaged CDR
-                log.warning("skipping an unreadable Odometry on %s: %s", topic, exc)
-                continue
+        for msg in self._readable(topic, ODOMETRY_TYPE, "odometry"):
             pose = msg.pose.pose
             cov = np.asarray(msg.pose.covariance, dtype=np.float64)
             std = math.sqrt(max(cov[0], cov[7], 0.0)) if cov.size == 36 and cov[[0, 7]].any() else math.nan
