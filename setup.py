@@ -23,7 +23,7 @@ setup(
     entry_points={
         "console_scripts": [
             "dsformer-vpr = training.cli:main",
-            "vpr_node = dsformer_ros.node_main:main",
+            "vpr_node = dsformer_ros.ros.main:main",
         ],
     },
 )

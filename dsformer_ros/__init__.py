@@ -8,15 +8,15 @@ import importlib
 from typing import Any
 
 _PUBLIC = {
-    "DSFormer": "dsformer_ros.dsformer",
-    "ModelConfig": "dsformer_ros.dsformer",
-    "build_model": "dsformer_ros.dsformer",
-    "preset": "dsformer_ros.dsformer",
-    "DescriptorExtractor": "dsformer_ros.extractor",
-    "load_model": "dsformer_ros.loading",
-    "resolve_device": "dsformer_ros.loading",
-    "PreprocessConfig": "dsformer_ros.preprocess",
-    "preprocess": "dsformer_ros.preprocess",
+    "DSFormer": "dsformer_ros.model.dsformer",
+    "ModelConfig": "dsformer_ros.model.dsformer",
+    "build_model": "dsformer_ros.model.dsformer",
+    "preset": "dsformer_ros.model.dsformer",
+    "DescriptorExtractor": "dsformer_ros.inference.extractor",
+    "load_model": "dsformer_ros.model.loading",
+    "resolve_device": "dsformer_ros.model.loading",
+    "PreprocessConfig": "dsformer_ros.inference.preprocess",
+    "preprocess": "dsformer_ros.inference.preprocess",
 }
 __all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"

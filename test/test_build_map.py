@@ -13,19 +13,19 @@ import cv2
 import numpy as np
 import pytest
 
-from dsformer_ros.checkpoint import save_checkpoint
-from dsformer_ros.dsformer import preset
-from dsformer_ros.extractor import DescriptorExtractor
-from dsformer_ros.image_codec import decode_compressed
-from dsformer_ros.loading import load_model
-from dsformer_ros.placemap import PlaceMap
-from dsformer_ros.preprocess import read_image
-from dsformer_ros.utm import latlon_to_utm, utm_to_latlon
-from training.at_names import AtName, format_at_name
-from training.bag_reader import BagError, TopicNotFoundError
-from training.bag_writer import STATUS_NO_FIX, DriveLogWriter
-from training.build_map import BuildError, BuildMapConfig, build_map, shard_output_path
-from training.merge_maps import MergeError, MergeMapsConfig, merge_maps
+from dsformer_ros.common.utm import latlon_to_utm, utm_to_latlon
+from dsformer_ros.inference.extractor import DescriptorExtractor
+from dsformer_ros.inference.image_codec import decode_compressed
+from dsformer_ros.inference.preprocess import read_image
+from dsformer_ros.maps.placemap import PlaceMap
+from dsformer_ros.model.checkpoint import save_checkpoint
+from dsformer_ros.model.dsformer import preset
+from dsformer_ros.model.loading import load_model
+from training.io.at_names import AtName, format_at_name
+from training.io.bag_reader import BagError, TopicNotFoundError
+from training.io.bag_writer import STATUS_NO_FIX, DriveLogWriter
+from training.maps.build_map import BuildError, BuildMapConfig, build_map, shard_output_path
+from training.maps.merge_maps import MergeError, MergeMapsConfig, merge_maps
 
 NS = 1_000_000_000
 FRAME_NS = NS // 10  # 10 Hz camera
@@ -233,7 +233,7 @@ def test_odometry_in_utm_with_heading(images, tmp_path, _config) -> None:
 
 
 def test_stop_and_turn_keyframes() -> None:
-    from training.track import select_keyframes
+    from training.maps.track import select_keyframes
 
     east = np.concatenate([np.arange(0, 10.0, 0.5), np.full(50, 9.5), np.full(5, 9.5)])
     north = np.concatenate([np.zeros(20), np.zeros(50), np.arange(1, 6) * 0.3])
@@ -322,7 +322,7 @@ def test_missing_topics_and_no_gps(images, mcap_raw, tmp_path, _config) -> None:
 
 
 def test_rosbag2_directory_named_like_ros1_is_refused_clearly(tmp_path):
-    from training.bag_reader import BagError, resolve_bag_path
+    from training.io.bag_reader import BagError, resolve_bag_path
 
     bag_dir = tmp_path / "drive.bag"
     bag_dir.mkdir()

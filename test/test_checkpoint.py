@@ -5,15 +5,15 @@ import pytest
 import torch
 
 import dsformer_ros
-from dsformer_ros.checkpoint import (
+from dsformer_ros.model.checkpoint import (
     CheckpointError,
     load_state_dict_strict,
     read_checkpoint,
     save_checkpoint,
     strip_module_prefix,
 )
-from dsformer_ros.dsformer import build_model
-from dsformer_ros.pretrained import PretrainedWeightsError, init_backbone
+from dsformer_ros.model.dsformer import build_model
+from dsformer_ros.model.pretrained import PretrainedWeightsError, init_backbone
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dsformer_ros.config import from_dict
+from dsformer_ros.common.config import from_dict
 from training.demo import DemoConfig, format_table, run_demo, small_preset
 
 

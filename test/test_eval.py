@@ -10,9 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from training.at_names import AtName, format_at_name
 from training.cli import main as cli_main
-from training.datasets import (
+from training.eval.datasets import (
     DatasetConfig,
     DatasetError,
     open_dataset,
@@ -21,8 +20,9 @@ from training.datasets import (
     read_msls_val,
     read_nordland,
 )
-from training.evaluate import EvalConfig, evaluate
-from training.recall import first_correct_rank, positives_within_frames, positives_within_radius, recall_at_n
+from training.eval.evaluate import EvalConfig, evaluate
+from training.eval.recall import first_correct_rank, positives_within_frames, positives_within_radius, recall_at_n
+from training.io.at_names import AtName, format_at_name
 
 
 def _png_ok(path: Path) -> None:

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from dsformer_ros.image_codec import ImageDecodeError, decode_compressed, decode_image, decode_image_msg
-from dsformer_ros.preprocess import read_image
+from dsformer_ros.inference.image_codec import ImageDecodeError, decode_compressed, decode_image, decode_image_msg
+from dsformer_ros.inference.preprocess import read_image
 
 
 @pytest.fixture(scope="module")

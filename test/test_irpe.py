@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from dsformer_ros.irpe import (
+from dsformer_ros.model.irpe import (
     NUM_BUCKETS,
     IRPEAttention,
     bucket_table,

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from dsformer_ros.latest_frame import FrameRejected, LatestFrameWorker, RollingPercentiles
+from dsformer_ros.localization.latest_frame import FrameRejected, LatestFrameWorker, RollingPercentiles
 
 TIMEOUT_S = 20.0
 

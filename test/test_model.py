@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsformer_ros.dsformer import ModelConfig, build_model, preset
-from dsformer_ros.transformer import resize_pos_embed
+from dsformer_ros.model.dsformer import ModelConfig, build_model, preset
+from dsformer_ros.model.transformer import resize_pos_embed
 
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
 
@@ -133,7 +133,7 @@ def test_frozen_parameters_are_the_early_stages():
 
 
 def test_invalid_config_names_the_field():
-    from dsformer_ros.config import ConfigError
+    from dsformer_ros.common.config import ConfigError
 
     with pytest.raises(ConfigError, match="embed_dim"):
         build_model(ModelConfig(embed_dim=100, num_heads=3))

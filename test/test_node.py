@@ -35,13 +35,13 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
-from dsformer_ros.checkpoint import save_checkpoint  # noqa: E402
-from dsformer_ros.extractor import DescriptorExtractor  # noqa: E402
-from dsformer_ros.loading import load_model  # noqa: E402
-from dsformer_ros.node import parameter_defaults  # noqa: E402
-from dsformer_ros.placemap import PlaceMap, PlaceMetadata  # noqa: E402
-from dsformer_ros.preprocess import read_image  # noqa: E402
-from dsformer_ros.ros_messages import read_candidates_cloud  # noqa: E402
+from dsformer_ros.inference.extractor import DescriptorExtractor  # noqa: E402
+from dsformer_ros.inference.preprocess import read_image  # noqa: E402
+from dsformer_ros.maps.placemap import PlaceMap, PlaceMetadata  # noqa: E402
+from dsformer_ros.model.checkpoint import save_checkpoint  # noqa: E402
+from dsformer_ros.model.loading import load_model  # noqa: E402
+from dsformer_ros.ros.messages import read_candidates_cloud  # noqa: E402
+from dsformer_ros.ros.node import parameter_defaults  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -132,12 +132,12 @@ class RosClient:
 
 
 class NodeProcess:
-    """`python -m dsformer_ros.node_main --ros-args --params-file FILE ...` with its output in a log file."""
+    """`python -m dsformer_ros.ros.main --ros-args --params-file FILE ...` with its output in a log file."""
 
     def __init__(self, params_file: Path, log_path: Path, *extra: str) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        args = [sys.executable, "-m", "dsformer_ros.node_main", "--ros-args", "--params-file", str(params_file), *extra]
+        args = [sys.executable, "-m", "dsformer_ros.ros.main", "--ros-args", "--params-file", str(params_file), *extra]
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1])
 
     def log(self) -> str:

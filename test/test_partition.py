@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from dsformer_ros.config import ConfigError
+from dsformer_ros.common.config import ConfigError
 from training import cli
-from training.at_names import AtName, format_at_name
-from training.partition import (
+from training.io.at_names import AtName, format_at_name
+from training.partition.clustering import (
     Partition,
     PartitionConfig,
     block_partition,
@@ -20,7 +20,7 @@ from training.partition import (
     partition,
     principal_directions,
 )
-from training.sfxl_positions import sfxl_like_positions
+from training.partition.sfxl_positions import sfxl_like_positions
 
 CFG = PartitionConfig(workers=1)
 

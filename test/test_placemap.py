@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsformer_ros.map_index import IndexConfig
-from dsformer_ros.placemap import MapError, MapManifest, PlaceMap, PlaceMetadata
+from dsformer_ros.maps.map_index import IndexConfig
+from dsformer_ros.maps.placemap import MapError, MapManifest, PlaceMap, PlaceMetadata
 
 CKPT = "ab" * 32
 DIM = 64

@@ -1,4 +1,4 @@
-"""Acceptance rules, computed covariance and temporal filter of dsformer_ros.pose_estimate."""
+"""Acceptance rules, computed covariance and temporal filter of dsformer_ros.localization.pose_estimate."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from dsformer_ros.pose_estimate import (
+from dsformer_ros.localization.pose_estimate import (
     UNKNOWN_YAW_VARIANCE,
     YAW_VARIANCE_FLOOR,
     Candidates,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dsformer_ros
-from dsformer_ros.preprocess import ImageError, PreprocessConfig, as_rgb_uint8, preprocess, read_image
+from dsformer_ros.inference.preprocess import ImageError, PreprocessConfig, as_rgb_uint8, preprocess, read_image
 
 
 def test_bgr_and_rgb_give_the_same_tensor():
@@ -90,7 +90,7 @@ def test_bf16_autocast_stays_close_to_fp32(corridor):
 
 
 def test_cuda_request_is_honoured_or_refused():
-    from dsformer_ros.loading import DeviceError
+    from dsformer_ros.model.loading import DeviceError
 
     if torch.cuda.is_available():
         assert dsformer_ros.resolve_device("cuda").type == "cuda"
@@ -101,7 +101,7 @@ def test_cuda_request_is_honoured_or_refused():
 
 
 def test_describe_cli_writes_descriptors(corridor, tmp_path):
-    from dsformer_ros.checkpoint import save_checkpoint
+    from dsformer_ros.model.checkpoint import save_checkpoint
     from training.cli import main
 
     model = dsformer_ros.load_model(variant="efficientnet_lite0", device="cpu", seed=5)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from dsformer_ros.checkpoint import save_checkpoint
-from dsformer_ros.dsformer import build_model, preset
-from dsformer_ros.pretrained import init_backbone
-from training.build_map import BuildMapConfig, build_map
-from training.replay import ReplayConfig, run_replay
-from training.replay_metrics import ReplayResults, compute_metrics
+from dsformer_ros.model.checkpoint import save_checkpoint
+from dsformer_ros.model.dsformer import build_model, preset
+from dsformer_ros.model.pretrained import init_backbone
+from training.maps.build_map import BuildMapConfig, build_map
+from training.replay.metrics import ReplayResults, compute_metrics
+from training.replay.replay import ReplayConfig, run_replay
 from training.synth.cli import SynthConfig
 from training.synth.drive import write_drive
 

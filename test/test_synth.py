@@ -9,9 +9,9 @@ import pytest
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
-from dsformer_ros.utm import latlon_to_utm
-from training.at_names import list_images, parse_at_name
-from training.bag_writer import BagExistsError, DriveLogWriter
+from dsformer_ros.common.utm import latlon_to_utm
+from training.io.at_names import list_images, parse_at_name
+from training.io.bag_writer import BagExistsError, DriveLogWriter
 from training.synth.cli import SynthConfig
 from training.synth.drive import GeoOrigin, compass_heading_deg, write_drive
 from training.synth.render import CONDITIONS, FACADE, GROUND, SKY, Camera, Pose, Renderer

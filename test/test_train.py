@@ -17,19 +17,19 @@ import torch
 import yaml
 
 from dsformer_ros import load_model
-from dsformer_ros.checkpoint import read_checkpoint
-from dsformer_ros.config import ConfigError, load_config, save_config
-from dsformer_ros.dsformer import preset
-from dsformer_ros.extractor import DescriptorExtractor
-from training.at_names import AtName, format_at_name
-from training.baselines import DSFormerMethod
+from dsformer_ros.common.config import ConfigError, load_config, save_config
+from dsformer_ros.inference.extractor import DescriptorExtractor
+from dsformer_ros.model.checkpoint import read_checkpoint
+from dsformer_ros.model.dsformer import preset
 from training.cli import main as cli_main
-from training.datasets import DatasetConfig, open_dataset
-from training.evaluate import EvalConfig, evaluate_method
-from training.train import train
-from training.train_config import TrainConfig
-from training.train_data import GroupDataset, build_training_set, epoch_plan, panorama_crop, shard_plan
-from training.train_state import load_state
+from training.eval.baselines import DSFormerMethod
+from training.eval.datasets import DatasetConfig, open_dataset
+from training.eval.evaluate import EvalConfig, evaluate_method
+from training.io.at_names import AtName, format_at_name
+from training.train.config import TrainConfig
+from training.train.data import GroupDataset, build_training_set, epoch_plan, panorama_crop, shard_plan
+from training.train.state import load_state
+from training.train.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "training" / "configs"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dsformer_ros.utm import UTMError, is_northern, latlon_to_utm, utm_to_latlon, zone_letter, zone_number
+from dsformer_ros.common.utm import UTMError, is_northern, latlon_to_utm, utm_to_latlon, zone_letter, zone_number
 
 # (lat, lon) -> (easting, northing, zone, letter); reference values from an independent Krüger/Karney implementation.
 KNOWN = [

@@ -5,21 +5,21 @@ import argparse
 import importlib
 import sys
 
-from dsformer_ros.cli_support import setup_logging
+from dsformer_ros.common.cli import setup_logging
 
 # name -> (module providing add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "describe": ("dsformer_ros.describe_cli", "compute global descriptors of images into a .npy file"),
-    "bench": ("dsformer_ros.bench", "time the model per variant, dtype and batch size (fast vs reference iRPE)"),
-    "node": ("dsformer_ros.node_main", "run the ROS 2 VPR node without ros2 launch"),
-    "eval": ("training.evaluate_cli", "Recall@N of a model or baseline on a VPR dataset, with a report"),
-    "bench-map": ("training.bench_map", "time map search (exact, HNSW, IVF) on 10k to 1M places"),
-    "build-map": ("training.build_map", "build a reference map from a drive log (rosbag2, ROS 1 bag) or '@' folder"),
-    "merge-maps": ("training.merge_maps", "merge map shards built with --shard i/n into one map"),
-    "partition": ("training.partition_cli", "block-clustering (or grid) partition of geo-tagged positions"),
-    "train": ("training.train", "train DSFormer (EigenPlaces-style) from a YAML config"),
+    "describe": ("dsformer_ros.inference.describe_cli", "compute global descriptors of images into a .npy file"),
+    "bench": ("dsformer_ros.inference.bench", "time the model per variant, dtype and batch size (fast vs reference iRPE)"),
+    "node": ("dsformer_ros.ros.main", "run the ROS 2 VPR node without ros2 launch"),
+    "eval": ("training.eval.cli", "Recall@N of a model or baseline on a VPR dataset, with a report"),
+    "bench-map": ("training.maps.bench_map", "time map search (exact, HNSW, IVF) on 10k to 1M places"),
+    "build-map": ("training.maps.build_map", "build a reference map from a drive log (rosbag2, ROS 1 bag) or '@' folder"),
+    "merge-maps": ("training.maps.merge_maps", "merge map shards built with --shard i/n into one map"),
+    "partition": ("training.partition.cli", "block-clustering (or grid) partition of geo-tagged positions"),
+    "train": ("training.train.train", "train DSFormer (EigenPlaces-style) from a YAML config"),
     "synth": ("training.synth.cli", "render synthetic drive logs of a procedural town"),
-    "replay": ("training.replay", "replay a bag against a map: Recall@N, fix precision, latency"),
+    "replay": ("training.replay.replay", "replay a bag against a map: Recall@N, fix precision, latency"),
     "demo": ("training.demo", "the end-to-end demo: synth, train, build map, replay through the node"),
 }
 

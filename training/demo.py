@@ -23,21 +23,21 @@ from typing import Any, Callable
 
 import torch
 
-from dsformer_ros.atomic import atomic_write_text
-from dsformer_ros.checkpoint import read_checkpoint, save_checkpoint
-from dsformer_ros.cli_support import add_config_arguments, config_from_args
-from dsformer_ros.config import ConfigError, load_config, to_dict
-from dsformer_ros.dsformer import build_model
-from dsformer_ros.placemap import PlaceMap
-from dsformer_ros.pretrained import init_backbone
-from training.build_map import BuildMapConfig, build_map
-from training.plots import plot_recall_curves
-from training.replay import REPORT, ReplayConfig, json_default, run_replay
-from training.replay_raw import replay_raw_pixels
+from dsformer_ros.common.atomic import atomic_write_text
+from dsformer_ros.common.cli import add_config_arguments, config_from_args
+from dsformer_ros.common.config import ConfigError, load_config, to_dict
+from dsformer_ros.maps.placemap import PlaceMap
+from dsformer_ros.model.checkpoint import read_checkpoint, save_checkpoint
+from dsformer_ros.model.dsformer import build_model
+from dsformer_ros.model.pretrained import init_backbone
+from training.eval.plots import plot_recall_curves
+from training.maps.build_map import BuildMapConfig, build_map
+from training.replay.raw import replay_raw_pixels
+from training.replay.replay import REPORT, ReplayConfig, json_default, run_replay
 from training.synth.cli import SynthConfig
 from training.synth.drive import write_drive
-from training.train import train
-from training.train_config import TrainConfig
+from training.train.config import TrainConfig
+from training.train.train import train
 
 log = logging.getLogger(__name__)
 

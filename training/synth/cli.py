@@ -5,8 +5,8 @@ import argparse
 import logging
 from dataclasses import dataclass
 
-from dsformer_ros.cli_support import add_config_arguments, config_from_args
-from dsformer_ros.config import ConfigError
+from dsformer_ros.common.cli import add_config_arguments, config_from_args
+from dsformer_ros.common.config import ConfigError
 
 log = logging.getLogger(__name__)
 

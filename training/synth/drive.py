@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from dsformer_ros.atomic import atomic_directory
-from dsformer_ros.utm import latlon_to_utm, utm_to_latlon
-from training.at_names import AtName, format_at_name
-from training.bag_writer import STATUS_FIX, STATUS_NO_FIX, DriveLogWriter
+from dsformer_ros.common.atomic import atomic_directory
+from dsformer_ros.common.utm import latlon_to_utm, utm_to_latlon
+from training.io.at_names import AtName, format_at_name
+from training.io.bag_writer import STATUS_FIX, STATUS_NO_FIX, DriveLogWriter
 from training.synth.render import CONDITIONS, Camera, Pose, Renderer, benchmark
 from training.synth.routes import Trajectory, build_trajectory, make_route, poses_at
 from training.synth.town import Town, TownSpec, build_town

@@ -13,7 +13,19 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from training.synth.town import CURB, DOOR, LEDGE, MARKING, PAVEMENT, ROAD, SHOP_WINDOW, SIDE_NORMALS, SIGN, WINDOW, Town
+from training.synth.town import (
+    CURB,
+    DOOR,
+    LEDGE,
+    MARKING,
+    PAVEMENT,
+    ROAD,
+    SHOP_WINDOW,
+    SIDE_NORMALS,
+    SIGN,
+    WINDOW,
+    Town,
+)
 
 SKY, FACADE, GROUND = 0, 1, 2
 

@@ -1,0 +1,122 @@
+"""Batched descriptor extraction that keeps the model on its device: uint8 images in, float32 (N, D) out."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dsformer_ros.inference.preprocess import (
+    PreprocessConfig,
+    as_rgb_uint8,
+    preprocess,
+    preprocess_config_for,
+    read_image,
+)
+from dsformer_ros.model.dsformer import DSFormer
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class DescriptorExtractor:
+    """Wraps a DSFormer for inference: preprocessing, batching by output size, optional autocast/channels_last/compile."""
+
+    def __init__(
+        self,
+        model: DSFormer,
+        preprocess_config: PreprocessConfig | None = None,
+        batch_size: int = 16,
+        precision: str = "fp32",
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.preprocess_config = preprocess_config or preprocess_config_for(model.config)
+        self.batch_size = batch_size
+        self.precision = precision
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
+
+    @property
+    def dim(self) -> int:
+        """Descriptor dimension."""
+        return self.model.config.descriptor_dim
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 identifying the weights (checkpoint file hash) for matching maps to models."""
+        return self.model.checkpoint_sha256
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def describe_tensor(self, batch: torch.Tensor) -> torch.Tensor:
+        """Normalised (B, 3, H, W) tensor -> (B, D) float32 unit descriptors on the model's device."""
+        batch = batch.to(self.device, non_blocking=True)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            out = self._forward(batch)
+        return torch.nn.functional.normalize(out.float(), dim=1)
+
+    def describe(self, images: Sequence[np.ndarray], bgr: bool = False, progress: bool = False) -> np.ndarray:
+        """uint8 H x W x 3 images (RGB, or BGR with bgr=True) -> float32 (N, D) descriptors in input order."""
+        out = np.zeros((len(images), self.dim), dtype=np.float32)
+        groups: dict[tuple[int, int], list[int]] = {}
+        rgb_images = [as_rgb_uint8(image, bgr=bgr) for image in images]
+        for i, rgb in enumerate(rgb_images):
+            groups.setdefault(self.preprocess_config.output_size(rgb.shape[0], rgb.shape[1]), []).append(i)
+        bar = tqdm(total=len(images), desc="describe", unit="img", disable=not progress)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                tensor = preprocess([rgb_images[i] for i in chunk], self.preprocess_config)
+                out[chunk] = self.describe_tensor(tensor).cpu().numpy()
+                bar.update(len(chunk))
+        bar.close()
+        return out
+
+    def describe_paths(self, paths: Iterable[str | Path], progress: bool = False) -> np.ndarray:
+        """Image files -> float32 (N, D), read and described in batches (bounded memory)."""
+        return describe_files(paths, self.describe, self.dim, self.batch_size, "describe", progress)
+
+    def warmup(self, iterations: int = 2) -> None:
+        """Run the model on a blank native-size image so the first real frame is not slow."""
+        height, width = self.preprocess_config.output_size(*self.model.config.image_size)
+        blank = np.zeros((height, width, 3), dtype=np.uint8)
+        for _ in range(iterations):
+            self.describe([blank])
+
+
+def describe_files(
+    paths: Iterable[str | Path],
+    describe: Callable[[list[np.ndarray]], np.ndarray],
+    dim: int,
+    batch_size: int,
+    desc: str = "describe",
+    progress: bool = False,
+) -> np.ndarray:
+    """Read image files batch by batch and stack `describe(batch_of_rgb)` into float32 (N, dim)."""
+    paths = list(paths)
+    out = np.zeros((len(paths), dim), dtype=np.float32)
+    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        out[start : start + len(chunk)] = describe([read_image(p) for p in chunk])
+        bar.update(len(chunk))
+    bar.close()
+    return out

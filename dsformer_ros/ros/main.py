@@ -1,0 +1,96 @@
+"""Entry points of the VPR node: `vpr_node --ros-args ...` (ROS users) and `dsformer-vpr node --params-file FILE`.
+
+Both start one `VprNode` in a single-threaded executor (inference has its own worker thread). A wrong parameter
+(type or range) and, with `autostart`, a failed configure (e.g. map and checkpoint do not match) end the process
+with a clear message and a non-zero exit code; Ctrl-C exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dsformer_ros.common.cli import setup_logging
+
+EXIT_BAD_PARAMETER = 2
+EXIT_CONFIGURE_FAILED = 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the node until Ctrl-C or shutdown; `argv` are the arguments after the program name (ROS args included)."""
+    import rclpy
+    from rclpy.exceptions import ParameterException
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    from dsformer_ros.ros.node import VprNode
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    setup_logging()
+    rclpy.init(args=["vpr_node", *args])
+    node = None
+    try:
+        try:
+            node = VprNode()
+        except ParameterException as exc:
+            hint = ""
+            if "expecting type 'DOUBLE'" in str(exc):
+                hint = " (write floating-point values with a decimal point, e.g. 1.0)"
+            print(f"vpr_node: invalid parameter: {exc}{hint}", file=sys.stderr)
+            return EXIT_BAD_PARAMETER
+        if node.get_parameter("autostart").value and not node.autostart():
+            print("vpr_node: autostart failed: configure or activate was refused (see the error above)",
+                  file=sys.stderr)
+            return EXIT_CONFIGURE_FAILED
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.stop_worker()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `dsformer-vpr node`."""
+    parser.add_argument("--params-file", required=True, help="ROS 2 parameter file, e.g. config/vpr.yaml")
+    parser.add_argument(
+        "--set-param",
+        action="append",
+        default=[],
+        metavar="NAME:=VALUE",
+        help="override one parameter (as ros2 run's -p); repeatable",
+    )
+    parser.add_argument("--log-level", default=None, help="ROS log level (debug, info, warn, error)")
+
+
+def ros_arguments(args: argparse.Namespace) -> list[str]:
+    """The `--ros-args` list that `dsformer-vpr node` options stand for."""
+    params_file = Path(args.params_file)
+    if not params_file.is_file():
+        raise FileNotFoundError(f"--params-file {params_file} does not exist")
+    out = ["--ros-args", "--params-file", str(params_file)]
+    for item in args.set_param:
+        if ":=" not in item:
+            raise ValueError(f"--set-param {item!r} must look like name:=value")
+        out += ["-p", item]
+    if args.log_level:
+        out += ["--log-level", args.log_level]
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the node with the parameter file and overrides given on the command line."""
+    try:
+        ros_args = ros_arguments(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"dsformer-vpr node: {exc}", file=sys.stderr)
+        return EXIT_BAD_PARAMETER
+    return main(ros_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

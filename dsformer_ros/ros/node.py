@@ -1,0 +1,429 @@
+"""The ROS 2 localization node: a managed (lifecycle) node around `Localizer`, images in, ranked places and fixes out.
+
+configure: read parameters, load checkpoint + map (refused when they do not belong together), warm up, create the
+lifecycle publishers. activate: subscription (sensor-data QoS), worker thread, `~/relocalize`, diagnostics timer.
+deactivate/cleanup release them again. With `autostart` the node configures and activates itself at start-up.
+Inference runs on a worker that always takes the newest frame (see `latest_frame`), so the node never falls behind.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import threading
+import time
+import traceback
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import qos_profile_sensor_data
+from rclpy.time import Time
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
+
+from dsformer_ros.common.config import ConfigError, from_dict
+from dsformer_ros.inference.image_codec import ImageDecodeError
+from dsformer_ros.localization.latest_frame import FrameRejected, LatestFrameWorker, RollingPercentiles
+from dsformer_ros.localization.localizer import Localizer, LocalizerConfig, LocalizerError
+from dsformer_ros.ros.frame_decoder import DECODERS, make_decoder
+from dsformer_ros.ros.messages import candidate_markers, candidates_cloud, diagnostics_message, pose_message
+
+NODE_NAME = "vpr_node"
+INPUT_TYPES = ("raw", "compressed")
+WORKER_STOP_TIMEOUT_S = 60.0
+# Per-frame timings (ms) kept for the diagnostics percentiles; overhead = arrival -> published, minus model + search.
+TIMINGS = ("model", "search", "decode", "overhead")
+
+
+@dataclass
+class NodeSettings:
+    """The node's ROS-side settings (the localizer's are in LocalizerConfig); names are parameter names."""
+
+    autostart: bool = False
+    input_type: str = "raw"
+    image_topic: str = "/camera/image_raw"
+    image_decoder: str = "auto"
+    max_rate_hz: float = 0.0
+    frame_id: str = "utm"
+    publish_markers: bool = True
+    diagnostics_period_s: float = 1.0
+    no_fix_warn_s: float = 10.0
+    latency_window: int = 100
+    torch_threads: int = 0
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid field."""
+        if self.input_type not in INPUT_TYPES:
+            raise ConfigError(f"input_type: {self.input_type!r} is not one of {', '.join(INPUT_TYPES)}")
+        if not self.image_topic:
+            raise ConfigError("image_topic: must not be empty")
+        if self.image_decoder not in DECODERS:
+            raise ConfigError(f"image_decoder: {self.image_decoder!r} is not one of {', '.join(DECODERS)}")
+        if not self.frame_id:
+            raise ConfigError("frame_id: must not be empty")
+        if self.max_rate_hz < 0:
+            raise ConfigError(f"max_rate_hz: must be >= 0 (0: no limit), got {self.max_rate_hz}")
+        if not self.diagnostics_period_s > 0:
+            raise ConfigError(f"diagnostics_period_s: must be > 0, got {self.diagnostics_period_s}")
+        if self.no_fix_warn_s < 0:
+            raise ConfigError(f"no_fix_warn_s: must be >= 0 (0: never warn), got {self.no_fix_warn_s}")
+        if self.latency_window < 1:
+            raise ConfigError(f"latency_window: must be >= 1, got {self.latency_window}")
+        if self.torch_threads < 0:
+            raise ConfigError(f"torch_threads: must be >= 0 (0: PyTorch's default), got {self.torch_threads}")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """How one parameter is declared: description, numeric range or allowed strings."""
+
+    name: str
+    description: str
+    low: float | int | None = None
+    high: float | int | None = None
+    choices: tuple[str, ...] = ()
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("autostart", "configure and activate at start-up (false: wait for lifecycle transitions)"),
+    ParamSpec("checkpoint", "DSFormer checkpoint file (ours or an official state_dict)"),
+    ParamSpec("map_path", "reference map directory built for this checkpoint (manifest.json, descriptors, index)"),
+    ParamSpec("device", "inference device: auto (CUDA when available), cpu, cuda or cuda:N"),
+    ParamSpec("precision", "inference precision (bf16/fp16 only help on GPUs)", choices=("fp32", "bf16", "fp16")),
+    ParamSpec("warmup_iterations", "model runs on a blank image at configure", 0, 100),
+    ParamSpec("verify_map_checksums", "check the SHA-256 of every map file at configure (slow for huge maps)"),
+    ParamSpec("torch_threads", "PyTorch CPU threads (0: PyTorch's default)", 0, 256),
+    ParamSpec("input_type", "image message type on image_topic", choices=INPUT_TYPES),
+    ParamSpec("image_topic", "camera topic (sensor_msgs/Image, or CompressedImage with input_type compressed)"),
+    ParamSpec("image_decoder", "auto: cv_bridge when installed, else built-in", choices=DECODERS),
+    ParamSpec(
+        "max_rate_hz", "most frames per second to process, by the node clock (0: as fast as possible)", 0.0, 1000.0
+    ),
+    ParamSpec("frame_id", "frame of the outputs (UTM easting/northing of the map's zone)"),
+    ParamSpec("top_k", "candidates per frame", 1, 1000),
+    ParamSpec("score_threshold", "least cosine similarity of the best candidate for a fix", -1.0, 1.0),
+    ParamSpec("agreement_radius_m", "radius around the best candidate in which top-k candidates agree", 0.0, 100000.0),
+    ParamSpec("min_agreeing", "candidates (best included) within agreement_radius_m needed for a fix", 1, 1000),
+    ParamSpec("temporal_window", "recent frames the best candidate must mostly agree with (0: off)", 0, 1000),
+    ParamSpec("temporal_radius_m", "distance within which recent frames count as agreeing", 0.0, 1000000.0),
+    ParamSpec("publish_markers", "publish ~/markers (spheres with id/score labels)"),
+    ParamSpec("diagnostics_period_s", "period of /diagnostics messages", 0.01, 3600.0),
+    ParamSpec("no_fix_warn_s", "diagnostics WARN when no fix was accepted for this long (0: never)", 0.0, 86400.0),
+    ParamSpec("latency_window", "frames over which latency percentiles are computed", 1, 100000),
+)
+
+
+def parameter_defaults() -> dict[str, Any]:
+    """Every parameter's default value (from NodeSettings and LocalizerConfig)."""
+    defaults = {f.name: f.default for f in fields(NodeSettings)}
+    defaults.update({f.name: f.default for f in fields(LocalizerConfig)})
+    return defaults
+
+
+def _descriptor(spec: ParamSpec, default: Any) -> ParameterDescriptor:
+    descriptor = ParameterDescriptor(description=spec.description)
+    if spec.low is not None and isinstance(default, float):
+        descriptor.floating_point_range = [
+            FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high), step=0.0)
+        ]
+    elif spec.low is not None:
+        descriptor.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
+    if spec.choices:
+        descriptor.additional_constraints = "one of: " + ", ".join(spec.choices)
+    return descriptor
+
+
+def declare_parameters(node: LifecycleNode) -> None:
+    """Declare every parameter with its description and range (values outside a range are refused by rclpy)."""
+    defaults = parameter_defaults()
+    missing = sorted(set(defaults) - {spec.name for spec in PARAMETERS})
+    if missing:
+        raise RuntimeError(f"parameters without a declaration: {missing}")
+    for spec in PARAMETERS:
+        node.declare_parameter(spec.name, defaults[spec.name], _descriptor(spec, defaults[spec.name]))
+
+
+def read_settings(node: LifecycleNode) -> tuple[NodeSettings, LocalizerConfig]:
+    """The current parameter values as validated settings; ConfigError names the bad parameter."""
+    values = {spec.name: node.get_parameter(spec.name).value for spec in PARAMETERS}
+    for spec in PARAMETERS:
+        if spec.choices and values[spec.name] not in spec.choices:
+            raise ConfigError(f"{spec.name}: {values[spec.name]!r} is not one of {', '.join(spec.choices)}")
+    node_keys = {f.name for f in fields(NodeSettings)}
+    settings = from_dict(NodeSettings, {k: v for k, v in values.items() if k in node_keys})
+    config = from_dict(LocalizerConfig, {k: v for k, v in values.items() if k not in node_keys})
+    return settings, config
+
+
+def _logged_transition(callback: Callable[..., TransitionCallbackReturn]) -> Callable[..., TransitionCallbackReturn]:
+    """rclpy turns an exception in a transition into a silent ERROR; log it with its traceback first."""
+
+    @functools.wraps(callback)
+    def wrapper(self: "VprNode", state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            return callback(self, state)
+        except Exception:
+            self.get_logger().error(f"{callback.__name__} raised:\n{traceback.format_exc()}")
+            return TransitionCallbackReturn.ERROR
+
+    return wrapper
+
+
+class VprNode(LifecycleNode):
+    """Lifecycle node: images -> `~/candidates` (PointCloud2), `~/pose`, `~/markers`, `/diagnostics`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        declare_parameters(self)
+        self._settings: NodeSettings | None = None
+        self._localizer: Localizer | None = None
+        self._decode = None
+        self._decoder_name = ""
+        self._worker: LatestFrameWorker | None = None
+        self._subscription = None
+        self._service = None
+        self._timer = None
+        self._outputs: dict[str, Any] = {}
+        self._timing: dict[str, RollingPercentiles] = {}
+        self._lock = threading.Lock()
+        self._fixes = 0
+        self._last_fix_time: Time | None = None
+        self._active_since: Time | None = None
+        self._last_put: Time | None = None
+        self._last_frame: dict[str, Any] = {}
+        self._reported = (0, 0)
+
+    # ---------------------------------------------------------------- lifecycle
+    @_logged_transition
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Read parameters, load and match checkpoint + map, warm up, create publishers."""
+        try:
+            settings, config = read_settings(self)
+            decode, decoder_name = make_decoder(settings.image_decoder, settings.input_type == "compressed")
+            if settings.torch_threads > 0:
+                import torch
+
+                torch.set_num_threads(settings.torch_threads)
+            self.get_logger().info(f"configuring: checkpoint {config.checkpoint}, map {config.map_path}")
+            localizer = Localizer.load(config)
+        except (ConfigError, LocalizerError, ValueError) as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self._settings, self._localizer = settings, localizer
+        self._decode, self._decoder_name = decode, decoder_name
+        self._outputs = {
+            "candidates": self.create_lifecycle_publisher(PointCloud2, "~/candidates", 10),
+            "pose": self.create_lifecycle_publisher(PoseWithCovarianceStamped, "~/pose", 10),
+            "diagnostics": self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10),
+        }
+        if settings.publish_markers:
+            self._outputs["markers"] = self.create_lifecycle_publisher(MarkerArray, "~/markers", 10)
+        self.get_logger().info(
+            f"configured: {len(localizer.place_map)} places, device {localizer.device}, decoder {decoder_name}"
+        )
+        return super().on_configure(state)
+
+    @_logged_transition
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Start the worker, subscribe to images, offer ~/relocalize, publish diagnostics."""
+        settings = self._settings
+        self._timing = {name: RollingPercentiles(settings.latency_window) for name in TIMINGS}
+        self._worker = LatestFrameWorker(self._process, latency_window=settings.latency_window, name="vpr-inference")
+        self._worker.start()
+        self._active_since = self.get_clock().now()
+        self._last_put = None
+        msg_type = CompressedImage if settings.input_type == "compressed" else Image
+        self._subscription = self.create_subscription(
+            msg_type, settings.image_topic, self._on_image, qos_profile_sensor_data
+        )
+        self._service = self.create_service(Trigger, "~/relocalize", self._on_relocalize)
+        self._timer = self.create_timer(settings.diagnostics_period_s, self._publish_diagnostics)
+        self.get_logger().info(f"active: listening to {self._subscription.topic_name} ({msg_type.__name__})")
+        return super().on_activate(state)
+
+    @_logged_transition
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop taking images, finish the frame in progress, stop diagnostics."""
+        self._release_active()
+        self.get_logger().info("deactivated")
+        return super().on_deactivate(state)
+
+    @_logged_transition
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Destroy the publishers and free the model and the map."""
+        self._release_configured()
+        self.get_logger().info("cleaned up")
+        return super().on_cleanup(state)
+
+    @_logged_transition
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release everything, whatever the state."""
+        self._release_active()
+        self._release_configured()
+        return super().on_shutdown(state)
+
+    @_logged_transition
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """After an error: release everything and go back to unconfigured."""
+        self._release_active()
+        self._release_configured()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release_active(self) -> None:
+        if self._subscription is not None:
+            self.destroy_subscription(self._subscription)
+            self._subscription = None
+        if self._worker is not None:
+            if not self._worker.stop(WORKER_STOP_TIMEOUT_S):
+                self.get_logger().error("the inference worker did not stop in time")
+            self._worker = None
+        if self._service is not None:
+            self.destroy_service(self._service)
+            self._service = None
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+            self._timer = None
+
+    def _release_configured(self) -> None:
+        for publisher in self._outputs.values():
+            self.destroy_lifecycle_publisher(publisher)
+        self._outputs = {}
+        self._localizer = None
+        self._decode = None
+
+    def autostart(self) -> bool:
+        """Configure and activate now; False (with the reason logged) when a transition fails."""
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            return False
+        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+    def stop_worker(self) -> None:
+        """Stop the inference worker (process exit)."""
+        if self._worker is not None:
+            self._worker.stop(WORKER_STOP_TIMEOUT_S)
+
+    # ---------------------------------------------------------------- data path
+    def _on_image(self, msg: Any) -> None:
+        worker = self._worker
+        if worker is None:
+            return
+        max_rate = self._settings.max_rate_hz
+        if max_rate > 0:
+            now = self.get_clock().now()
+            if self._last_put is not None and self._last_put <= now:
+                if (now - self._last_put).nanoseconds < 1e9 / max_rate:
+                    worker.count_dropped()
+                    return
+            self._last_put = now
+        worker.put(msg)
+
+    def _process(self, msg: Any, arrival: float) -> None:
+        t0 = time.monotonic()
+        try:
+            rgb = self._decode(msg)
+        except ImageDecodeError as exc:
+            raise FrameRejected(str(exc)) from None
+        decode_ms = (time.monotonic() - t0) * 1000.0
+        result = self._localizer.localize(rgb)
+        header = Header(stamp=msg.header.stamp, frame_id=self._settings.frame_id)
+        self._outputs["candidates"].publish(candidates_cloud(header, result.candidates))
+        overhead_ms = (time.monotonic() - arrival) * 1000.0 - result.model_ms - result.search_ms
+        fix = result.decision.fix
+        if fix is not None:
+            self._outputs["pose"].publish(pose_message(header, fix))
+        if "markers" in self._outputs:
+            self._outputs["markers"].publish(candidate_markers(header, result.candidates))
+        timings = (result.model_ms, result.search_ms, decode_ms, overhead_ms)
+        for name, value in zip(TIMINGS, timings):
+            self._timing[name].add(value)
+        with self._lock:
+            if fix is not None:
+                self._fixes += 1
+                self._last_fix_time = self.get_clock().now()
+            self._last_frame = {
+                "last_frame_stamp": f"{msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}",
+                "last_frame_model_ms": result.model_ms,
+                "last_frame_search_ms": result.search_ms,
+                "last_frame_overhead_ms": overhead_ms,
+                "last_decision": result.decision.reason,
+            }
+
+    def _on_relocalize(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self._localizer.reset_temporal()
+        response.success = True
+        response.message = "temporal filter cleared; the next accepted frame starts a new track"
+        self.get_logger().info("relocalize: temporal filter cleared")
+        return response
+
+    # ---------------------------------------------------------------- diagnostics
+    def _seconds_since(self, then: Time | None, now: Time) -> float:
+        if then is None or then > now:
+            return math.nan
+        return (now - then).nanoseconds / 1e9
+
+    def _level(self, stats: Any, fix_age: float, since_active: float) -> tuple[str, str]:
+        """OK/WARN/ERROR with a one-line reason, judged on what happened since the last diagnostics message."""
+        new_failed = stats.failed - self._reported[0]
+        new_rejected = stats.rejected - self._reported[1]
+        self._reported = (stats.failed, stats.rejected)
+        warn_s = self._settings.no_fix_warn_s
+        if not self._worker.alive:
+            return "ERROR", "the inference worker has stopped"
+        if new_failed > 0:
+            return "ERROR", f"{new_failed} frame(s) failed in inference: {stats.last_error}"
+        if new_rejected > 0:
+            return "WARN", f"{new_rejected} malformed frame(s) rejected: {stats.last_reject_reason}"
+        if stats.received == 0 and warn_s > 0 and since_active >= warn_s:
+            return "WARN", f"no images received on {self._settings.image_topic} for {since_active:.0f} s"
+        no_fix_for = fix_age if not math.isnan(fix_age) else since_active
+        if warn_s > 0 and no_fix_for >= warn_s:
+            return "WARN", f"no fix accepted for {no_fix_for:.0f} s"
+        if math.isnan(fix_age):
+            return "OK", "localizing, no fix yet"
+        return "OK", f"localizing, last fix {fix_age:.1f} s ago"
+
+    def _publish_diagnostics(self) -> None:
+        stats = self._worker.stats()
+        now = self.get_clock().now()
+        with self._lock:
+            fixes, last_fix, last_frame = self._fixes, self._last_fix_time, dict(self._last_frame)
+        fix_age = self._seconds_since(last_fix, now)
+        since_active = self._seconds_since(self._active_since, now)
+        level, message = self._level(stats, fix_age, since_active if not math.isnan(since_active) else 0.0)
+        localizer = self._localizer
+        values = [
+            ("input_topic", self._subscription.topic_name if self._subscription else ""),
+            ("input_type", self._settings.input_type),
+            ("decoder", self._decoder_name),
+            ("input_rate_hz", stats.input_rate_hz),
+            ("latency_p50_ms", stats.latency_p50_ms),
+            ("latency_p95_ms", stats.latency_p95_ms),
+            ("model_ms_p50", self._timing["model"].percentile(50)),
+            ("search_ms_p50", self._timing["search"].percentile(50)),
+            ("decode_ms_p50", self._timing["decode"].percentile(50)),
+            ("overhead_ms_p50", self._timing["overhead"].percentile(50)),
+            ("overhead_ms_p95", self._timing["overhead"].percentile(95)),
+            ("frames_received", stats.received),
+            ("frames_processed", stats.processed),
+            ("frames_dropped", stats.dropped),
+            ("frames_rejected", stats.rejected),
+            ("frames_failed", stats.failed),
+            ("last_reject_reason", stats.last_reject_reason),
+            ("last_error", stats.last_error),
+            ("fixes_accepted", fixes),
+            ("last_fix_age_s", fix_age),
+            ("map_places", len(localizer.place_map)),
+            ("map_keyframe_spacing_m", 2.0 * localizer.floor_sigma_m),
+            ("map_path", localizer.config.map_path),
+            ("device", localizer.device),
+            *last_frame.items(),
+        ]
+        name = f"{self.get_fully_qualified_name()}: visual place recognition"
+        self._outputs["diagnostics"].publish(
+            diagnostics_message(now.to_msg(), name, localizer.device, level, message, values)
+        )

@@ -1,0 +1,565 @@
+"""`dsformer-vpr build-map`: a reference PlaceMap from a drive log (rosbag2 sqlite3/MCAP, ROS 1 .bag) or an '@' folder.
+
+Pass 1 reads the position topic and the image headers (no pixels) and plans the keyframes: one place every
+`spacing_m` metres and on heading changes. Pass 2 streams the images again and describes only keyframes, chunk by
+chunk; each finished chunk is saved atomically in `<out>.partial/`, so a killed build resumes where it stopped.
+The map appears at `out` only when complete. `shard: i/n` builds the i-th of n contiguous slices of the plan
+(merge them with `dsformer-vpr merge-maps`); place ids are global, sequential from 0 in stamp order.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dsformer_ros.common.atomic import atomic_save, atomic_write_text
+from dsformer_ros.common.cli import add_config_arguments, config_from_args
+from dsformer_ros.common.config import ConfigError, to_dict
+from dsformer_ros.common.utm import latlon_to_utm
+from dsformer_ros.inference.extractor import PRECISIONS, DescriptorExtractor
+from dsformer_ros.inference.image_codec import ImageDecodeError
+from dsformer_ros.inference.preprocess import ImageError, read_image
+from dsformer_ros.maps.map_index import IndexConfig
+from dsformer_ros.maps.placemap import PlaceMap, PlaceMetadata
+from dsformer_ros.model.loading import load_model
+from training.io.at_names import AtNameError, list_images, read_at_folder
+from training.io.bag_reader import DriveLogReader, resolve_bag_path
+from training.maps.track import (
+    Track,
+    TrackError,
+    parse_utm_zone,
+    position_frames,
+    select_keyframes,
+    track_from_fixes,
+    track_from_odometry,
+)
+
+log = logging.getLogger(__name__)
+
+PLAN_FILE = "plan.npz"
+PROGRESS_FILE = "progress.json"
+UNREADABLE = "unreadable_message"
+DECODE_ERROR = "image_decode_error"
+BETWEEN_KEYFRAMES = "between_keyframes"
+_MAX_LOGGED_ERRORS = 10
+
+
+class BuildError(ValueError):
+    """The map cannot be built from this input; the message says why."""
+
+
+@dataclasses.dataclass
+class BuildMapConfig:
+    """Configuration of `build-map` (input, topics, model, keyframing, position filters, chunking, shard, output)."""
+
+    input: str = ""
+    kind: str = "auto"
+    image_topic: str = "/camera/image_raw"
+    gps_topic: str = "/gps/fix"
+    odom_topic: str = ""
+    odom_utm_zone: str = ""
+    checkpoint: str = ""
+    variant: str = "efficientnet_lite0"
+    device: str = "auto"
+    batch_size: int = 16
+    precision: str = "fp32"
+    spacing_m: float = 2.0
+    heading_change_deg: float = 30.0
+    heading_baseline_m: float = 2.0
+    max_fix_gap_s: float = 1.5
+    max_horizontal_std_m: float = 5.0
+    chunk_size: int = 256
+    shard: str = "0/1"
+    index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
+    dtype: str = "float32"
+    out: str = ""
+    work_dir: str = ""
+    restart: bool = False
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad field."""
+        if self.kind not in ("auto", "bag", "at_folder"):
+            raise ConfigError(f"kind: {self.kind!r} is not one of 'auto', 'bag', 'at_folder'")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        for name in ("batch_size", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("spacing_m", "heading_baseline_m", "max_fix_gap_s", "max_horizontal_std_m"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.heading_change_deg <= 180:
+            raise ConfigError(f"heading_change_deg: must be in [0, 180] (0 disables), got {self.heading_change_deg}")
+        if self.odom_topic and not self.odom_utm_zone:
+            raise ConfigError("odom_utm_zone: required with odom_topic (the UTM zone of the odometry frame, e.g. 32U)")
+        if self.odom_utm_zone:
+            try:
+                parse_utm_zone(self.odom_utm_zone)
+            except TrackError as exc:
+                raise ConfigError(f"odom_utm_zone: {exc}") from None
+        if self.dtype not in ("float32", "float16"):
+            raise ConfigError(f"dtype: {self.dtype!r} is not 'float32' or 'float16'")
+        if self.shard != "auto":
+            parse_shard(self.shard)
+        self.index.validate()
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' -> (i, n) with 0 <= i < n; 'auto' takes RANK/WORLD_SIZE from the environment (torchrun)."""
+    if text == "auto":
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        i, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise ConfigError(f"shard: expected 'i/n' (e.g. 0/4) or 'auto', got {text!r}") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"shard: need 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def shard_output_path(out: str | Path, shard: int, shards: int) -> Path:
+    """Where shard i of n is written: `out` itself for one shard, else `out.shard-III-of-NNN`."""
+    out = Path(out)
+    return out if shards == 1 else out.with_name(f"{out.name}.shard-{shard:03d}-of-{shards:03d}")
+
+
+@dataclasses.dataclass
+class Plan:
+    """Keyframes of the whole log in stream order (rows), with global place ids, plus pass-1 counts."""
+
+    place_id: np.ndarray
+    stream_index: np.ndarray
+    bag_time_ns: np.ndarray
+    stamp_ns: np.ndarray
+    easting: np.ndarray
+    northing: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    heading_deg: np.ndarray
+    source: np.ndarray
+    frame_bag_times: np.ndarray
+    zone_number: int
+    zone_letter: str
+    info: dict
+
+    def save(self, path: Path) -> None:
+        """Write the plan atomically (npz, no pickle)."""
+        arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if isinstance(getattr(self, f.name), np.ndarray)}
+        meta = np.array(json.dumps({"zone_number": self.zone_number, "zone_letter": self.zone_letter,
+                                    "info": self.info}))
+        atomic_save(path, lambda tmp: _savez(tmp, meta=meta, **arrays), suffix=".npz")
+
+    @classmethod
+    def load(cls, path: Path) -> Plan:
+        """Read a plan written by `save`."""
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            arrays = {name: data[name] for name in data.files if name != "meta"}
+        return cls(**arrays, zone_number=meta["zone_number"], zone_letter=meta["zone_letter"], info=meta["info"])
+
+    def metadata(self, rows: np.ndarray) -> PlaceMetadata:
+        """PlaceMetadata of plan rows."""
+        n = rows.size
+        return PlaceMetadata(
+            place_id=self.place_id[rows], easting=self.easting[rows], northing=self.northing[rows],
+            zone_number=np.full(n, self.zone_number, dtype=np.int64),
+            zone_letter=np.full(n, self.zone_letter), lat=self.lat[rows], lon=self.lon[rows],
+            heading_deg=self.heading_deg[rows], stamp_ns=self.stamp_ns[rows], source=self.source[rows],
+        )
+
+
+def _savez(path: Path, **arrays: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def input_kind(cfg: BuildMapConfig) -> str:
+    """'bag' or 'at_folder' for the configured input."""
+    path = Path(cfg.input)
+    if not path.exists():
+        raise FileNotFoundError(f"input {path} does not exist")
+    if cfg.kind != "auto":
+        return cfg.kind
+    if path.is_file() or (path / "metadata.yaml").is_file():
+        return "bag"
+    return "at_folder"
+
+
+def _load_track(reader: DriveLogReader, cfg: BuildMapConfig) -> Track:
+    if cfg.odom_topic:
+        return track_from_odometry(reader.odometry(cfg.odom_topic), cfg.odom_utm_zone, cfg.max_horizontal_std_m,
+                                   cfg.heading_baseline_m)
+    return track_from_fixes(reader.gps_fixes(cfg.gps_topic), cfg.max_horizontal_std_m, cfg.heading_baseline_m)
+
+
+def check_topics(cfg: BuildMapConfig) -> None:
+    """Fail early (before loading a model) when the image or position topic is missing or of the wrong type."""
+    with DriveLogReader(cfg.input) as reader:
+        reader.require_topic(cfg.image_topic, "image")
+        if cfg.odom_topic:
+            reader.require_topic(cfg.odom_topic, "odometry")
+        else:
+            reader.require_topic(cfg.gps_topic, "GPS")
+
+
+def plan_bag(cfg: BuildMapConfig) -> Plan:
+    """Pass 1 over a bag: the position track and the image headers -> positioned frames -> keyframes."""
+    path = resolve_bag_path(cfg.input)
+    with DriveLogReader(path) as reader:
+        reader.require_topic(cfg.image_topic, "image")
+        track = _load_track(reader, cfg)
+        total = reader.message_count(cfg.image_topic)
+        stamps, bag_times, unreadable = [], [], []
+        for frame in tqdm(reader.image_frames(cfg.image_topic), total=total, desc="pass 1: image headers",
+                          unit="frame"):
+            stamps.append(frame.stamp_ns)
+            bag_times.append(frame.bag_time_ns)
+            unreadable.append(frame.msg is None)
+    stamps_a = np.asarray(stamps, dtype=np.int64)
+    bag_a = np.asarray(bag_times, dtype=np.int64)
+    bad = np.asarray(unreadable, dtype=bool)
+    if stamps_a.size == 0:
+        raise BuildError(f"image topic {cfg.image_topic!r} in {path} has no messages")
+    positions = position_frames(track, stamps_a, cfg.max_fix_gap_s)
+    reason = positions.reason.astype(object)
+    reason[bad] = UNREADABLE
+    ok = reason == ""
+    candidates = np.flatnonzero(ok)
+    order = candidates[np.lexsort((candidates, stamps_a[candidates]))]
+    keys = order[select_keyframes(positions.easting[order], positions.northing[order], positions.heading_deg[order],
+                                  cfg.spacing_m, cfg.heading_change_deg)]
+    reason[np.setdiff1d(candidates, keys)] = BETWEEN_KEYFRAMES
+    keys = np.sort(keys)
+    place_id = np.empty(keys.size, dtype=np.int64)
+    place_id[np.lexsort((keys, stamps_a[keys]))] = np.arange(keys.size)
+    values, counts = np.unique(reason[reason != ""].astype(str), return_counts=True)
+    info = {
+        "frames_read": int(stamps_a.size),
+        "frames_positioned": int(ok.sum()),
+        "keyframes": int(keys.size),
+        "dropped": {str(v): int(c) for v, c in zip(values, counts)},
+        "fixes": track.counts,
+        "position_source": "odometry" if cfg.odom_topic else "gps",
+        "heading_source": track.heading_source,
+        "crossed_zones": track.crossed_zones,
+    }
+    src = str(path.resolve())
+    source = np.array([f"bag:{src}#{cfg.image_topic}@{int(s)}" for s in stamps_a[keys]])
+    return Plan(place_id, keys.astype(np.int64), bag_a[keys], stamps_a[keys], positions.easting[keys],
+                positions.northing[keys], positions.lat[keys], positions.lon[keys], positions.heading_deg[keys],
+                source, bag_a, track.zone_number, track.zone_letter, info)
+
+
+def plan_at_folder(cfg: BuildMapConfig) -> Plan:
+    """An '@' folder is already a database: every image becomes a place (positions and heading from the names)."""
+    folder = Path(cfg.input)
+    try:
+        paths, names = read_at_folder(folder)
+    except (FileNotFoundError, AtNameError) as exc:
+        raise BuildError(str(exc)) from None
+    stamps = np.array([int(a.timestamp) if a.timestamp.isdigit() else 0 for a in names], dtype=np.int64)
+    zone, letter = names[0].zone_number, names[0].zone_letter
+    easting = np.array([a.easting for a in names])
+    northing = np.array([a.northing for a in names])
+    lat = np.array([a.lat for a in names])
+    lon = np.array([a.lon for a in names])
+    other = np.array([a.zone_number != zone for a in names])
+    crossed = sorted({a.zone_number for a in names if a.zone_number != zone})
+    if other.any():
+        if not np.isfinite(lat[other]).all() or not np.isfinite(lon[other]).all():
+            raise BuildError(f"images lie in UTM zones {[zone] + crossed} and some lack lat/lon to reproject them")
+        log.warning("images lie in UTM zones %s; reprojecting all into zone %d", [zone] + crossed, zone)
+        easting[other], northing[other], _, _ = latlon_to_utm(lat[other], lon[other], force_zone=zone)
+    order = np.lexsort((np.arange(len(paths)), stamps))
+    place_id = np.empty(len(paths), dtype=np.int64)
+    place_id[order] = np.arange(len(paths))
+    source = np.array([f"file:{p.relative_to(folder).as_posix()}" for p in paths])
+    info = {"frames_read": len(paths), "frames_positioned": len(paths), "keyframes": len(paths), "dropped": {},
+            "fixes": {}, "position_source": "at_names", "heading_source": "at_names", "crossed_zones": crossed}
+    index = np.arange(len(paths), dtype=np.int64)
+    return Plan(place_id, index, np.zeros(len(paths), dtype=np.int64), stamps, easting, northing, lat, lon,
+                np.array([a.heading_deg for a in names]), source, np.zeros(0, dtype=np.int64), zone, letter, info)
+
+
+def _input_identity(cfg: BuildMapConfig, kind: str) -> list:
+    """Names, sizes and modification times of the input files (a changed input invalidates a partial build)."""
+    if kind == "at_folder":
+        files = list_images(cfg.input)
+    else:
+        path = resolve_bag_path(cfg.input)
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def config_hash(cfg: BuildMapConfig, kind: str, fingerprint: str) -> str:
+    """SHA-256 of everything that decides the chunks' content: config (less output/runtime knobs), model, input."""
+    data = to_dict(cfg)
+    for name in ("out", "work_dir", "device", "batch_size", "restart", "index", "dtype"):
+        data.pop(name)
+    data["input"] = str(Path(cfg.input).resolve())
+    payload = {"config": data, "model": fingerprint, "input_files": _input_identity(cfg, kind)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _chunk_path(work: Path, c: int) -> Path:
+    return work / f"chunk_{c:05d}.npz"
+
+
+def _prepare_work_dir(work: Path, digest: str, restart: bool) -> bool:
+    """Create or validate the work dir; True when it holds progress of this same build."""
+    progress = work / PROGRESS_FILE
+    if work.exists() and (restart or not progress.is_file()):
+        if not restart and any(work.iterdir()):
+            raise BuildError(f"work dir {work} exists without {PROGRESS_FILE}; remove it or set restart=true")
+        shutil.rmtree(work)
+    if progress.is_file():
+        recorded = json.loads(progress.read_text()).get("config_hash")
+        if recorded != digest:
+            raise BuildError(
+                f"work dir {work} holds a partial build with another configuration, model or input "
+                f"(hash {str(recorded)[:12]} vs {digest[:12]}); remove it or set restart=true"
+            )
+        return True
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(progress, json.dumps({"config_hash": digest, "started": time.time()}, indent=2) + "\n")
+    return False
+
+
+def _frames(cfg: BuildMapConfig, kind: str, plan: Plan, rows: np.ndarray):
+    """(plan row, RGB image or error text) for `rows` (ascending stream order), streaming the input once."""
+    if kind == "at_folder":
+        paths = list_images(cfg.input)
+        for r in rows:
+            try:
+                yield int(r), read_image(paths[plan.stream_index[r]])
+            except (ImageError, OSError) as exc:
+                yield int(r), f"{DECODE_ERROR}: {exc}"
+        return
+    wanted = {int(plan.stream_index[r]): int(r) for r in rows}
+    start, stop, first_index = None, None, 0
+    if (np.diff(plan.frame_bag_times) >= 0).all():  # bag order is time order: read only the needed time range
+        start = int(plan.bag_time_ns[rows].min())
+        stop = int(plan.bag_time_ns[rows].max()) + 1
+        first_index = int(np.searchsorted(plan.frame_bag_times, start, side="left"))
+    last = int(plan.stream_index[rows].max())
+    with DriveLogReader(cfg.input) as reader:
+        for frame in reader.image_frames(cfg.image_topic, start, stop, first_index):
+            row = wanted.pop(frame.index, None)
+            if row is not None:
+                try:
+                    yield row, frame.decode()
+                except ImageDecodeError as exc:
+                    yield row, f"{DECODE_ERROR}: {exc}"
+            if frame.index >= last:
+                break
+    for index, row in sorted(wanted.items()):
+        yield row, f"{UNREADABLE}: frame {index} not found in the second pass (the bag changed?)"
+
+
+def _describe_chunks(cfg: BuildMapConfig, kind: str, plan: Plan, chunks: list[np.ndarray], todo: list[int],
+                     extractor: DescriptorExtractor, work: Path) -> tuple[int, float]:
+    """Pass 2: describe the rows of the unfinished chunks and save each chunk atomically; (images, seconds)."""
+    if not todo:
+        return 0, 0.0
+    chunk_of = {int(r): c for c in todo for r in chunks[c]}
+    rows = np.sort(np.concatenate([chunks[c] for c in todo]))
+    state = {c: {"rows": [], "desc": [], "failed": [], "reasons": [], "seen": 0} for c in todo}
+    batch: list[tuple[int, np.ndarray]] = []
+    described, logged = 0, 0
+    start = time.perf_counter()
+    bar = tqdm(total=rows.size, desc="pass 2: describe keyframes", unit="img")
+
+    def flush() -> None:
+        nonlocal described
+        if not batch:
+            return
+        desc = extractor.describe([img for _, img in batch])
+        for (r, _), d in zip(batch, desc):
+            st = state[chunk_of[r]]
+            st["rows"].append(r)
+            st["desc"].append(d)
+        described += len(batch)
+        batch.clear()
+
+    for row, image in _frames(cfg, kind, plan, rows):
+        c = chunk_of[row]
+        if isinstance(image, str):
+            state[c]["failed"].append(row)
+            state[c]["reasons"].append(image.split(":", 1)[0])
+            if logged < _MAX_LOGGED_ERRORS:
+                log.warning("dropping keyframe %s: %s", plan.source[row], image)
+                logged += 1
+        else:
+            batch.append((row, image))
+            if len(batch) >= cfg.batch_size:
+                flush()
+        state[c]["seen"] += 1
+        bar.update(1)
+        if state[c]["seen"] == chunks[c].size:
+            flush()
+            _save_chunk(work, c, state.pop(c), extractor.dim)
+    bar.close()
+    flush()
+    for c in list(state):
+        _save_chunk(work, c, state.pop(c), extractor.dim)
+    return described, time.perf_counter() - start
+
+
+def _save_chunk(work: Path, c: int, st: dict, dim: int) -> None:
+    desc = np.stack(st["desc"]).astype(np.float32) if st["desc"] else np.zeros((0, dim), dtype=np.float32)
+    arrays = {"rows": np.asarray(st["rows"], dtype=np.int64), "descriptors": desc,
+              "failed_rows": np.asarray(st["failed"], dtype=np.int64),
+              "failed_reasons": np.asarray(st["reasons"], dtype=np.str_)}
+    atomic_save(_chunk_path(work, c), lambda tmp: _savez(tmp, **arrays), suffix=".npz")
+    log.debug("chunk %d saved: %d described, %d failed", c, desc.shape[0], len(st["failed"]))
+
+
+def build_map(cfg: BuildMapConfig) -> dict:
+    """Build (or resume) the map of `cfg`; returns the summary. The map appears at the output path only when done."""
+    if not cfg.input:
+        raise ConfigError("input: required (a bag or an '@' image folder)")
+    if not cfg.out:
+        raise ConfigError("out: required (the map directory to write)")
+    kind = input_kind(cfg)
+    shard, shards = parse_shard(cfg.shard)
+    out = shard_output_path(cfg.out, shard, shards)
+    device = cfg.device
+    if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    if kind == "bag":
+        check_topics(cfg)
+    t0 = time.perf_counter()
+    model = load_model(cfg.checkpoint or None, variant=cfg.variant, device=device)
+    extractor = DescriptorExtractor(model, batch_size=cfg.batch_size, precision=cfg.precision)
+    digest = config_hash(cfg, kind, extractor.fingerprint)
+    work = Path(cfg.work_dir) if cfg.work_dir else out.with_name(out.name + ".partial")
+    resumed = _prepare_work_dir(work, digest, cfg.restart)
+    if resumed and (work / PLAN_FILE).is_file():
+        plan = Plan.load(work / PLAN_FILE)
+        log.info("resuming the build in %s (%d keyframes planned)", work, plan.place_id.size)
+    else:
+        plan = plan_bag(cfg) if kind == "bag" else plan_at_folder(cfg)
+        plan.save(work / PLAN_FILE)
+    t_plan = time.perf_counter() - t0
+    if plan.place_id.size == 0:
+        raise BuildError(f"no keyframe could be positioned in {cfg.input} (dropped: {plan.info['dropped']})")
+    shard_rows = np.array_split(np.arange(plan.place_id.size), shards)[shard]
+    chunks = [shard_rows[i : i + cfg.chunk_size] for i in range(0, shard_rows.size, cfg.chunk_size)]
+    todo = [c for c in range(len(chunks)) if not _chunk_path(work, c).is_file()]
+    if len(todo) < len(chunks):
+        log.info("%d of %d chunks already finished; skipping them", len(chunks) - len(todo), len(chunks))
+    described, seconds = _describe_chunks(cfg, kind, plan, chunks, todo, extractor, work)
+    summary = _assemble(cfg, plan, chunks, work, out, extractor, digest, (shard, shards))
+    summary.update({
+        "shard": f"{shard}/{shards}", "chunks": len(chunks), "chunks_resumed": len(chunks) - len(todo),
+        "images_described_this_run": described, "describe_seconds": round(seconds, 3),
+        "images_per_s": round(described / seconds, 2) if seconds > 0 else None,
+        "plan_seconds": round(t_plan, 3), "total_seconds": round(time.perf_counter() - t0, 3),
+        "device": str(extractor.device), "out": str(out),
+    })
+    shutil.rmtree(work)
+    log.info("built %s: %d places from %d frames (%s images/s)", out, summary["places"], summary["frames_read"],
+             summary["images_per_s"])
+    return summary
+
+
+def _assemble(cfg: BuildMapConfig, plan: Plan, chunks: list[np.ndarray], work: Path, out: Path,
+              extractor: DescriptorExtractor, digest: str, shard: tuple[int, int]) -> dict:
+    """Collect the chunks, order rows by place id, build and save the map atomically; the summary so far."""
+    rows, descs, failed = [], [], []
+    for c in range(len(chunks)):
+        with np.load(_chunk_path(work, c), allow_pickle=False) as data:
+            rows.append(data["rows"])
+            descs.append(data["descriptors"])
+            failed.extend(data["failed_reasons"].tolist())
+    rows_a = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    dropped = dict(plan.info["dropped"])
+    for reason in failed:
+        dropped[reason] = dropped.get(reason, 0) + 1
+    if rows_a.size == 0:
+        raise BuildError(f"no keyframe of shard {shard[0]}/{shard[1]} could be described (dropped: {dropped})")
+    order = np.argsort(plan.place_id[rows_a], kind="stable")
+    descriptors = np.concatenate(descs)[order]
+    metadata = plan.metadata(rows_a[order])
+    build_info = {
+        "tool": "dsformer-vpr build-map", "input": str(Path(cfg.input).resolve()), "image_topic": cfg.image_topic,
+        "position_source": plan.info["position_source"], "spacing_m": cfg.spacing_m,
+        "heading_change_deg": cfg.heading_change_deg, "shard": f"{shard[0]}/{shard[1]}",
+        "keyframes_total": int(plan.place_id.size), "config_hash": digest,
+        "zone": f"{plan.zone_number}{plan.zone_letter}",
+    }
+    place_map = PlaceMap.build(descriptors, metadata, model_variant=extractor.model.config.variant,
+                               checkpoint_sha256=extractor.fingerprint,
+                               preprocessing=to_dict(extractor.preprocess_config), build_info=build_info,
+                               index=cfg.index, dtype=cfg.dtype)
+    place_map.save(out)
+    return {
+        "input": str(cfg.input), "frames_read": plan.info["frames_read"],
+        "frames_positioned": plan.info["frames_positioned"], "keyframes": plan.info["keyframes"],
+        "places": len(place_map), "dropped": dropped, "fixes": plan.info["fixes"],
+        "position_source": plan.info["position_source"], "heading_source": plan.info["heading_source"],
+        "zone": build_info["zone"], "crossed_zones": plan.info["crossed_zones"],
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as a two-column text table."""
+    lines = []
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            lines.append(f"{key}:")
+            lines.extend(f"  {k:<30} {v}" for k, v in value.items())
+        else:
+            lines.append(f"{key:<32} {value}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `build-map` (any config field also through --set key=value)."""
+    parser.add_argument("input", nargs="?", help="rosbag2 directory (sqlite3/MCAP), ROS 1 .bag, or '@' image folder")
+    parser.add_argument("--out", help="output map directory")
+    parser.add_argument("--kind", choices=("auto", "bag", "at_folder"))
+    parser.add_argument("--image-topic")
+    parser.add_argument("--gps-topic", help="sensor_msgs/NavSatFix topic")
+    parser.add_argument("--odom-topic", help="nav_msgs/Odometry topic in a UTM frame (instead of GPS)")
+    parser.add_argument("--odom-utm-zone", help="UTM zone of the odometry frame, e.g. 32U")
+    parser.add_argument("--checkpoint", help="model checkpoint; default: the untrained variant")
+    parser.add_argument("--variant")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--precision", choices=sorted(PRECISIONS))
+    parser.add_argument("--spacing", type=float, help="metres between keyframes (default 2)")
+    parser.add_argument("--chunk-size", type=int, help="keyframes per resumable chunk")
+    parser.add_argument("--shard", help="'i/n': build the i-th of n slices; 'auto': RANK/WORLD_SIZE (torchrun)")
+    parser.add_argument("--index", choices=("flat", "hnsw", "ivf"), help="FAISS index kind")
+    parser.add_argument("--work-dir", help="where finished chunks are kept (default <out>.partial)")
+    parser.add_argument("--restart", action="store_true", default=None, help="discard a partial build and start over")
+    parser.add_argument("--summary-json", type=Path, help="also write the summary as JSON here")
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the map and print the summary table."""
+    direct = {"input": args.input, "out": args.out, "kind": args.kind, "image_topic": args.image_topic,
+              "gps_topic": args.gps_topic, "odom_topic": args.odom_topic, "odom_utm_zone": args.odom_utm_zone,
+              "checkpoint": args.checkpoint, "variant": args.variant, "device": args.device,
+              "batch_size": args.batch_size, "precision": args.precision, "spacing_m": args.spacing,
+              "chunk_size": args.chunk_size, "shard": args.shard, "index.kind": args.index,
+              "work_dir": args.work_dir, "restart": args.restart}
+    cfg = config_from_args(BuildMapConfig, args, **direct)
+    summary = build_map(cfg)
+    print(format_summary(summary))
+    if args.summary_json is not None:
+        atomic_write_text(args.summary_json, json.dumps(summary, indent=2) + "\n")
+    return 0
