@@ -14,7 +14,7 @@ _PUBLIC = {
     "preset": "dsformer_ros.model.dsformer",
     "DescriptorExtractor": "dsformer_ros.inference.extractor",
     "load_model": "dsformer_ros.model.loading",
-    "resolve_device": "dsformer_ros.model.loading",
+    "resolve_device": "dsformer_ros.common.devices",
     "PreprocessConfig": "dsformer_ros.inference.preprocess",
     "preprocess": "dsformer_ros.inference.preprocess",
 }

@@ -41,7 +41,7 @@ from dsformer_ros.maps.placemap import PlaceMap, PlaceMetadata  # noqa: E402
 from dsformer_ros.model.checkpoint import save_checkpoint  # noqa: E402
 from dsformer_ros.model.loading import load_model  # noqa: E402
 from dsformer_ros.ros.messages import read_candidates_cloud  # noqa: E402
-from dsformer_ros.ros.node import parameter_defaults  # noqa: E402
+from dsformer_ros.ros.parameters import parameter_defaults  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -611,3 +611,37 @@ def test_params_file_and_launch_file_match_the_node(repo_root: Path) -> None:
     transitions = {a.attr for a in ast.walk(tree) if isinstance(a, ast.Attribute) and a.attr.startswith("TRANSITION_")}
     assert transitions == {"TRANSITION_CONFIGURE", "TRANSITION_ACTIVATE"}
     assert (repo_root / "scripts" / "vpr_node").is_file()
+
+
+def test_params_file_is_the_parameter_table():
+    """config/vpr.yaml lists every parameter with the table's description and range, nothing else."""
+    import yaml
+
+    from dsformer_ros.ros.parameters import PARAMETERS, render_params_file
+
+    path = Path(__file__).resolve().parents[1] / "config" / "vpr.yaml"
+    text = path.read_text()
+    values = yaml.safe_load(text)["/**"]["ros__parameters"]
+    assert text == render_params_file(values), "config/vpr.yaml differs: dsformer-vpr node --print-params-file"
+    for spec in PARAMETERS:
+        spec.check(values[spec.name])
+
+
+def test_declared_bounds_are_the_validated_bounds():
+    """Every bounded parameter is refused just outside its declared range by the same table's validation."""
+    from dsformer_ros.common.config import ConfigError
+    from dsformer_ros.localization.localizer import LocalizerConfig
+    from dsformer_ros.ros.parameters import NodeSettings, PARAMETERS
+
+    base = {"checkpoint": "c.pt", "map_path": "m", "top_k": 1000}
+    for spec in PARAMETERS:
+        if spec.low is None:
+            continue
+        cls = NodeSettings if spec.name in NodeSettings.__dataclass_fields__ else LocalizerConfig
+        step = 1 if isinstance(spec.default, int) else 1e-6
+        for bad in (spec.low - step, spec.high + step):
+            kwargs = {**base, spec.name: bad} if cls is LocalizerConfig else {spec.name: bad}
+            with pytest.raises(ConfigError, match=spec.name):
+                cls(**kwargs).validate()
+        good = {**base, spec.name: spec.high} if cls is LocalizerConfig else {spec.name: spec.high}
+        cls(**good).validate()

@@ -90,7 +90,7 @@ def test_bf16_autocast_stays_close_to_fp32(corridor):
 
 
 def test_cuda_request_is_honoured_or_refused():
-    from dsformer_ros.model.loading import DeviceError
+    from dsformer_ros.common.devices import DeviceError
 
     if torch.cuda.is_available():
         assert dsformer_ros.resolve_device("cuda").type == "cuda"

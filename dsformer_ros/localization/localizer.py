@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from dsformer_ros.common.config import ConfigError, from_dict
+from dsformer_ros.common.devices import check_device_name
+from dsformer_ros.common.params import check_fields, setting
 from dsformer_ros.inference.extractor import PRECISIONS, DescriptorExtractor
 from dsformer_ros.inference.preprocess import PreprocessConfig
 from dsformer_ros.localization.pose_estimate import Candidates, Decision, TemporalFilter, decide
@@ -30,47 +32,64 @@ class LocalizerError(ValueError):
     """The checkpoint or map cannot be used (missing, corrupt, or not made for each other); the message says why."""
 
 
+MODEL = "model and map"
+ACCEPT = "when a fix is accepted (published on ~/pose)"
+
+
 @dataclass
 class LocalizerConfig:
-    """What the localizer loads and how it accepts fixes; field names are also the node's parameter names."""
+    """What the localizer loads and how it accepts fixes; each field is also the node parameter of that name."""
 
-    checkpoint: str = ""
-    map_path: str = ""
-    device: str = "auto"
-    precision: str = "fp32"
-    warmup_iterations: int = 2
-    verify_map_checksums: bool = True
-    top_k: int = 5
-    score_threshold: float = 0.5
-    agreement_radius_m: float = 10.0
-    min_agreeing: int = 2
-    temporal_window: int = 3
-    temporal_radius_m: float = 25.0
+    checkpoint: str = setting("", "DSFormer checkpoint file (ours, or an official state_dict).", section=MODEL)
+    map_path: str = setting(
+        "",
+        "Reference map directory built with this very checkpoint (dsformer-vpr build-map); refused at configure "
+        "when its manifest names another model variant, descriptor dimension or checkpoint SHA-256.",
+        section=MODEL,
+    )
+    device: str = setting("auto", "Inference device: auto (CUDA when available), cpu, cuda or cuda:N.", section=MODEL)
+    precision: str = setting(
+        "fp32", "Inference precision (bf16 and fp16 only pay off on a GPU).", choices=tuple(PRECISIONS), section=MODEL
+    )
+    warmup_iterations: int = setting(
+        2, "Model runs on a blank image at configure, so the first frame is not slow.", low=0, high=100, section=MODEL
+    )
+    verify_map_checksums: bool = setting(
+        True, "Check the SHA-256 of every map file at configure (slow for very large maps).", section=MODEL
+    )
+    top_k: int = setting(5, "Candidates per frame in ~/candidates.", low=1, high=1000, section="output")
+    score_threshold: float = setting(
+        0.5, "Least cosine similarity of the best candidate.", low=-1.0, high=1.0, section=ACCEPT
+    )
+    agreement_radius_m: float = setting(
+        10.0, "Top-k candidates within this distance (m) of the best one count as agreeing.",
+        low=0.0, high=100000.0, section=ACCEPT,
+    )
+    min_agreeing: int = setting(
+        2, "Agreeing candidates needed, the best one included (at most top_k; 1: no agreement check).",
+        low=1, high=1000, section=ACCEPT,
+    )
+    temporal_window: int = setting(
+        3,
+        "Temporal consistency: the best candidate must lie within temporal_radius_m of at least half of the best "
+        "candidates of the last temporal_window frames (0: off). ~/relocalize (std_srvs/Trigger) clears it.",
+        low=0, high=1000, section=ACCEPT,
+    )
+    temporal_radius_m: float = setting(
+        25.0, "Distance (m) within which recent frames count as agreeing; allow for the motion between frames.",
+        low=0.001, high=1000000.0, section=ACCEPT,
+    )
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
+        check_fields(self)
         if not self.checkpoint:
             raise ConfigError("checkpoint: a checkpoint file is required")
         if not self.map_path:
             raise ConfigError("map_path: a map directory is required")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ConfigError(f"device: {self.device!r} is not auto, cpu or cuda[:N]")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        if self.warmup_iterations < 0:
-            raise ConfigError(f"warmup_iterations: must be >= 0, got {self.warmup_iterations}")
-        if self.top_k < 1:
-            raise ConfigError(f"top_k: must be >= 1, got {self.top_k}")
-        if not -1.0 <= self.score_threshold <= 1.0:
-            raise ConfigError(f"score_threshold: cosine similarity must lie in [-1, 1], got {self.score_threshold}")
-        if not self.agreement_radius_m >= 0:
-            raise ConfigError(f"agreement_radius_m: must be >= 0, got {self.agreement_radius_m}")
-        if not 1 <= self.min_agreeing <= self.top_k:
+        check_device_name(self.device)
+        if self.min_agreeing > self.top_k:
             raise ConfigError(f"min_agreeing: must lie in 1..top_k={self.top_k}, got {self.min_agreeing}")
-        if self.temporal_window < 0:
-            raise ConfigError(f"temporal_window: must be >= 0 (0 disables), got {self.temporal_window}")
-        if not self.temporal_radius_m > 0:
-            raise ConfigError(f"temporal_radius_m: must be > 0, got {self.temporal_radius_m}")
 
 
 @dataclass

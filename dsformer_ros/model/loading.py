@@ -6,25 +6,12 @@ from pathlib import Path
 
 import torch
 
+from dsformer_ros.common.devices import resolve_device
 from dsformer_ros.model.checkpoint import load_state_dict_strict, read_checkpoint, state_dict_sha256
 from dsformer_ros.model.dsformer import DSFormer, ModelConfig, build_model, preset
 from dsformer_ros.model.pretrained import init_backbone
 
 log = logging.getLogger(__name__)
-
-
-class DeviceError(RuntimeError):
-    """The requested device is not available."""
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' -> CUDA when available, else CPU; an unavailable CUDA request is an error, not a silent CPU run."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("device 'cuda' was requested but CUDA is not available (use device 'cpu' or 'auto')")
-    return device
 
 
 def load_model(

@@ -56,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `dsformer-vpr node`."""
-    parser.add_argument("--params-file", required=True, help="ROS 2 parameter file, e.g. config/vpr.yaml")
+    parser.add_argument("--params-file", help="ROS 2 parameter file, e.g. config/vpr.yaml (required to run)")
+    parser.add_argument(
+        "--print-params-file",
+        action="store_true",
+        help="print the commented parameter file with every default (the source of config/vpr.yaml) and exit",
+    )
     parser.add_argument(
         "--set-param",
         action="append",
@@ -69,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def ros_arguments(args: argparse.Namespace) -> list[str]:
     """The `--ros-args` list that `dsformer-vpr node` options stand for."""
+    if not args.params_file:
+        raise ValueError("--params-file is required")
     params_file = Path(args.params_file)
     if not params_file.is_file():
         raise FileNotFoundError(f"--params-file {params_file} does not exist")
@@ -84,6 +91,11 @@ def ros_arguments(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Start the node with the parameter file and overrides given on the command line."""
+    if args.print_params_file:
+        from dsformer_ros.ros.parameters import render_params_file
+
+        print(render_params_file(), end="")
+        return 0
     try:
         ros_args = ros_arguments(args)
     except (FileNotFoundError, ValueError) as exc:

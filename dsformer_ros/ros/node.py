@@ -12,12 +12,10 @@ import math
 import threading
 import time
 import traceback
-from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
@@ -26,138 +24,18 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from dsformer_ros.common.config import ConfigError, from_dict
+from dsformer_ros.common.config import ConfigError
 from dsformer_ros.inference.image_codec import ImageDecodeError
 from dsformer_ros.localization.latest_frame import FrameRejected, LatestFrameWorker, RollingPercentiles
-from dsformer_ros.localization.localizer import Localizer, LocalizerConfig, LocalizerError
-from dsformer_ros.ros.frame_decoder import DECODERS, make_decoder
+from dsformer_ros.localization.localizer import Localizer, LocalizerError
+from dsformer_ros.ros.frame_decoder import make_decoder
 from dsformer_ros.ros.messages import candidate_markers, candidates_cloud, diagnostics_message, pose_message
+from dsformer_ros.ros.parameters import NodeSettings, declare_parameters, read_settings
 
 NODE_NAME = "vpr_node"
-INPUT_TYPES = ("raw", "compressed")
 WORKER_STOP_TIMEOUT_S = 60.0
 # Per-frame timings (ms) kept for the diagnostics percentiles; overhead = arrival -> published, minus model + search.
 TIMINGS = ("model", "search", "decode", "overhead")
-
-
-@dataclass
-class NodeSettings:
-    """The node's ROS-side settings (the localizer's are in LocalizerConfig); names are parameter names."""
-
-    autostart: bool = False
-    input_type: str = "raw"
-    image_topic: str = "/camera/image_raw"
-    image_decoder: str = "auto"
-    max_rate_hz: float = 0.0
-    frame_id: str = "utm"
-    publish_markers: bool = True
-    diagnostics_period_s: float = 1.0
-    no_fix_warn_s: float = 10.0
-    latency_window: int = 100
-    torch_threads: int = 0
-
-    def validate(self) -> None:
-        """Raise ConfigError naming the first invalid field."""
-        if self.input_type not in INPUT_TYPES:
-            raise ConfigError(f"input_type: {self.input_type!r} is not one of {', '.join(INPUT_TYPES)}")
-        if not self.image_topic:
-            raise ConfigError("image_topic: must not be empty")
-        if self.image_decoder not in DECODERS:
-            raise ConfigError(f"image_decoder: {self.image_decoder!r} is not one of {', '.join(DECODERS)}")
-        if not self.frame_id:
-            raise ConfigError("frame_id: must not be empty")
-        if self.max_rate_hz < 0:
-            raise ConfigError(f"max_rate_hz: must be >= 0 (0: no limit), got {self.max_rate_hz}")
-        if not self.diagnostics_period_s > 0:
-            raise ConfigError(f"diagnostics_period_s: must be > 0, got {self.diagnostics_period_s}")
-        if self.no_fix_warn_s < 0:
-            raise ConfigError(f"no_fix_warn_s: must be >= 0 (0: never warn), got {self.no_fix_warn_s}")
-        if self.latency_window < 1:
-            raise ConfigError(f"latency_window: must be >= 1, got {self.latency_window}")
-        if self.torch_threads < 0:
-            raise ConfigError(f"torch_threads: must be >= 0 (0: PyTorch's default), got {self.torch_threads}")
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """How one parameter is declared: description, numeric range or allowed strings."""
-
-    name: str
-    description: str
-    low: float | int | None = None
-    high: float | int | None = None
-    choices: tuple[str, ...] = ()
-
-
-PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("autostart", "configure and activate at start-up (false: wait for lifecycle transitions)"),
-    ParamSpec("checkpoint", "DSFormer checkpoint file (ours or an official state_dict)"),
-    ParamSpec("map_path", "reference map directory built for this checkpoint (manifest.json, descriptors, index)"),
-    ParamSpec("device", "inference device: auto (CUDA when available), cpu, cuda or cuda:N"),
-    ParamSpec("precision", "inference precision (bf16/fp16 only help on GPUs)", choices=("fp32", "bf16", "fp16")),
-    ParamSpec("warmup_iterations", "model runs on a blank image at configure", 0, 100),
-    ParamSpec("verify_map_checksums", "check the SHA-256 of every map file at configure (slow for huge maps)"),
-    ParamSpec("torch_threads", "PyTorch CPU threads (0: PyTorch's default)", 0, 256),
-    ParamSpec("input_type", "image message type on image_topic", choices=INPUT_TYPES),
-    ParamSpec("image_topic", "camera topic (sensor_msgs/Image, or CompressedImage with input_type compressed)"),
-    ParamSpec("image_decoder", "auto: cv_bridge when installed, else built-in", choices=DECODERS),
-    ParamSpec(
-        "max_rate_hz", "most frames per second to process, by the node clock (0: as fast as possible)", 0.0, 1000.0
-    ),
-    ParamSpec("frame_id", "frame of the outputs (UTM easting/northing of the map's zone)"),
-    ParamSpec("top_k", "candidates per frame", 1, 1000),
-    ParamSpec("score_threshold", "least cosine similarity of the best candidate for a fix", -1.0, 1.0),
-    ParamSpec("agreement_radius_m", "radius around the best candidate in which top-k candidates agree", 0.0, 100000.0),
-    ParamSpec("min_agreeing", "candidates (best included) within agreement_radius_m needed for a fix", 1, 1000),
-    ParamSpec("temporal_window", "recent frames the best candidate must mostly agree with (0: off)", 0, 1000),
-    ParamSpec("temporal_radius_m", "distance within which recent frames count as agreeing", 0.0, 1000000.0),
-    ParamSpec("publish_markers", "publish ~/markers (spheres with id/score labels)"),
-    ParamSpec("diagnostics_period_s", "period of /diagnostics messages", 0.01, 3600.0),
-    ParamSpec("no_fix_warn_s", "diagnostics WARN when no fix was accepted for this long (0: never)", 0.0, 86400.0),
-    ParamSpec("latency_window", "frames over which latency percentiles are computed", 1, 100000),
-)
-
-
-def parameter_defaults() -> dict[str, Any]:
-    """Every parameter's default value (from NodeSettings and LocalizerConfig)."""
-    defaults = {f.name: f.default for f in fields(NodeSettings)}
-    defaults.update({f.name: f.default for f in fields(LocalizerConfig)})
-    return defaults
-
-
-def _descriptor(spec: ParamSpec, default: Any) -> ParameterDescriptor:
-    descriptor = ParameterDescriptor(description=spec.description)
-    if spec.low is not None and isinstance(default, float):
-        descriptor.floating_point_range = [
-            FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high), step=0.0)
-        ]
-    elif spec.low is not None:
-        descriptor.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
-    if spec.choices:
-        descriptor.additional_constraints = "one of: " + ", ".join(spec.choices)
-    return descriptor
-
-
-def declare_parameters(node: LifecycleNode) -> None:
-    """Declare every parameter with its description and range (values outside a range are refused by rclpy)."""
-    defaults = parameter_defaults()
-    missing = sorted(set(defaults) - {spec.name for spec in PARAMETERS})
-    if missing:
-        raise RuntimeError(f"parameters without a declaration: {missing}")
-    for spec in PARAMETERS:
-        node.declare_parameter(spec.name, defaults[spec.name], _descriptor(spec, defaults[spec.name]))
-
-
-def read_settings(node: LifecycleNode) -> tuple[NodeSettings, LocalizerConfig]:
-    """The current parameter values as validated settings; ConfigError names the bad parameter."""
-    values = {spec.name: node.get_parameter(spec.name).value for spec in PARAMETERS}
-    for spec in PARAMETERS:
-        if spec.choices and values[spec.name] not in spec.choices:
-            raise ConfigError(f"{spec.name}: {values[spec.name]!r} is not one of {', '.join(spec.choices)}")
-    node_keys = {f.name for f in fields(NodeSettings)}
-    settings = from_dict(NodeSettings, {k: v for k, v in values.items() if k in node_keys})
-    config = from_dict(LocalizerConfig, {k: v for k, v in values.items() if k not in node_keys})
-    return settings, config
 
 
 def _logged_transition(callback: Callable[..., TransitionCallbackReturn]) -> Callable[..., TransitionCallbackReturn]:

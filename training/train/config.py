@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from dsformer_ros.common.devices import check_device_name
 from dsformer_ros.common.config import ConfigError
 from dsformer_ros.model.dsformer import VARIANTS, ModelConfig
 from training.eval.datasets import DatasetConfig
@@ -175,8 +176,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ConfigError naming the first bad key (sections validate themselves as they are built)."""
         _check(self.precision in PRECISIONS, "precision", f"{self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
-               f"expected 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        check_device_name(self.device)
         _check(self.precision == "fp32" or self.device != "cpu", "precision",
                f"{self.precision} mixed precision needs a CUDA device (device is 'cpu'); use fp32")
         _check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")

@@ -39,7 +39,7 @@ from dsformer_ros.model.checkpoint import (
     state_dict_sha256,
 )
 from dsformer_ros.model.dsformer import DSFormer, build_model, preset
-from dsformer_ros.model.loading import resolve_device
+from dsformer_ros.common.devices import resolve_device
 from dsformer_ros.model.pretrained import init_backbone
 from training.eval.baselines import DSFormerMethod
 from training.eval.datasets import VPRDataset, open_dataset
