@@ -631,7 +631,7 @@ def test_declared_bounds_are_the_validated_bounds():
     """Every bounded parameter is refused just outside its declared range by the same table's validation."""
     from dsformer_ros.common.config import ConfigError
     from dsformer_ros.localization.localizer import LocalizerConfig
-    from dsformer_ros.ros.parameters import NodeSettings, PARAMETERS
+    from dsformer_ros.ros.parameters import PARAMETERS, NodeSettings
 
     base = {"checkpoint": "c.pt", "map_path": "m", "top_k": 1000}
     for spec in PARAMETERS:

@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dsformer_ros.common.atomic import atomic_write_text
 from dsformer_ros.common.cli import add_config_arguments, config_from_args
 from dsformer_ros.common.config import ConfigError
-from dsformer_ros.inference.extractor import PRECISIONS
+from dsformer_ros.inference.precision import PRECISIONS, autocast
 from dsformer_ros.model.dsformer import VARIANTS, build_model, preset
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,13 @@ def count_gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 def time_forward(model: torch.nn.Module, x: torch.Tensor, precision: str, repeats: int, warmup: int) -> float:
     """Median seconds per forward pass of batch x."""
-    dtype = PRECISIONS[precision]
     device_type = x.device.type
 
     def once() -> float:
         if device_type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.inference_mode(), torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+        with torch.inference_mode(), autocast(precision, device_type):
             model(x)
         if device_type == "cuda":
             torch.cuda.synchronize()
@@ -79,10 +78,9 @@ def time_forward(model: torch.nn.Module, x: torch.Tensor, precision: str, repeat
 
 def _agreement(model: torch.nn.Module, x: torch.Tensor, precision: str) -> float:
     """Lowest cosine similarity between fp32 descriptors and those of `precision`."""
-    dtype = PRECISIONS[precision]
     with torch.inference_mode():
         ref = model(x)
-        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        with autocast(precision, x.device.type):
             low = model(x).float()
     return float((ref * low).sum(dim=1).min())
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from dsformer_ros.common.atomic import atomic_save
-from dsformer_ros.inference.extractor import PRECISIONS, DescriptorExtractor
+from dsformer_ros.inference.extractor import DescriptorExtractor
+from dsformer_ros.inference.precision import PRECISIONS
 from dsformer_ros.model.loading import load_model
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,6 @@
 """Batched descriptor extraction that keeps the model on its device: uint8 images in, float32 (N, D) out."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -9,6 +8,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dsformer_ros.inference.precision import autocast, check_precision
 from dsformer_ros.inference.preprocess import (
     PreprocessConfig,
     as_rgb_uint8,
@@ -17,8 +17,6 @@ from dsformer_ros.inference.preprocess import (
     read_image,
 )
 from dsformer_ros.model.dsformer import DSFormer
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class DescriptorExtractor:
@@ -33,8 +31,7 @@ class DescriptorExtractor:
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        check_precision(precision)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.eval()
@@ -57,19 +54,13 @@ class DescriptorExtractor:
         """SHA-256 identifying the weights (checkpoint file hash) for matching maps to models."""
         return self.model.checkpoint_sha256
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
     @torch.inference_mode()
     def describe_tensor(self, batch: torch.Tensor) -> torch.Tensor:
         """Normalised (B, 3, H, W) tensor -> (B, D) float32 unit descriptors on the model's device."""
         batch = batch.to(self.device, non_blocking=True)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
+        with autocast(self.precision, self.device.type):
             out = self._forward(batch)
         return torch.nn.functional.normalize(out.float(), dim=1)
 

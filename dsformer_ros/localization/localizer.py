@@ -16,7 +16,8 @@ import numpy as np
 from dsformer_ros.common.config import ConfigError, from_dict
 from dsformer_ros.common.devices import check_device_name
 from dsformer_ros.common.params import check_fields, setting
-from dsformer_ros.inference.extractor import PRECISIONS, DescriptorExtractor
+from dsformer_ros.inference.extractor import DescriptorExtractor
+from dsformer_ros.inference.precision import PRECISIONS
 from dsformer_ros.inference.preprocess import PreprocessConfig
 from dsformer_ros.localization.pose_estimate import Candidates, Decision, TemporalFilter, decide
 from dsformer_ros.maps.placemap import MapError, PlaceMap
@@ -49,7 +50,7 @@ class LocalizerConfig:
     )
     device: str = setting("auto", "Inference device: auto (CUDA when available), cpu, cuda or cuda:N.", section=MODEL)
     precision: str = setting(
-        "fp32", "Inference precision (bf16 and fp16 only pay off on a GPU).", choices=tuple(PRECISIONS), section=MODEL
+        "fp32", "Inference precision (bf16 and fp16 only pay off on a GPU).", choices=PRECISIONS, section=MODEL
     )
     warmup_iterations: int = setting(
         2, "Model runs on a blank image at configure, so the first frame is not slow.", low=0, high=100, section=MODEL

@@ -21,7 +21,8 @@ import torch
 
 from dsformer_ros.common.atomic import atomic_write_text
 from dsformer_ros.common.config import ConfigError, to_dict
-from dsformer_ros.inference.extractor import PRECISIONS, DescriptorExtractor
+from dsformer_ros.inference.extractor import DescriptorExtractor
+from dsformer_ros.inference.precision import PRECISIONS
 from dsformer_ros.maps.map_index import IndexConfig, apply_search_params, serialized_nbytes
 from dsformer_ros.maps.placemap import MapError, PlaceMap, PlaceMetadata
 from dsformer_ros.model.loading import load_model

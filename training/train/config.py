@@ -4,14 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from dsformer_ros.common.devices import check_device_name
 from dsformer_ros.common.config import ConfigError
+from dsformer_ros.common.devices import check_device_name
+from dsformer_ros.inference.precision import PRECISIONS
 from dsformer_ros.model.dsformer import VARIANTS, ModelConfig
 from training.eval.datasets import DatasetConfig
 from training.partition.clustering import PartitionConfig
 
 DATA_KINDS = ("sfxl_panoramas", "perspective_at")
-PRECISIONS = ("fp32", "bf16", "fp16")
 # Keys a resumed run may change; everything else must match the interrupted run for the result to be exact.
 RESUME_MUTABLE_KEYS = ("optim.epochs", "resume", "num_workers", "progress", "log_every", "out_dir", "data.cache_dir",
                        "data.partition.workers")

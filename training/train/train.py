@@ -7,7 +7,6 @@ several processes: `torchrun --nproc_per_node=2 -m training.cli train --config .
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
 import logging
@@ -30,7 +29,9 @@ from tqdm import tqdm
 from dsformer_ros.common.atomic import atomic_write_text
 from dsformer_ros.common.cli import add_config_arguments, config_from_args
 from dsformer_ros.common.config import ConfigError, save_config, to_dict
+from dsformer_ros.common.devices import resolve_device
 from dsformer_ros.inference.extractor import DescriptorExtractor
+from dsformer_ros.inference.precision import autocast
 from dsformer_ros.model.checkpoint import (
     file_sha256,
     load_state_dict_strict,
@@ -39,7 +40,6 @@ from dsformer_ros.model.checkpoint import (
     state_dict_sha256,
 )
 from dsformer_ros.model.dsformer import DSFormer, build_model, preset
-from dsformer_ros.common.devices import resolve_device
 from dsformer_ros.model.pretrained import init_backbone
 from training.eval.baselines import DSFormerMethod
 from training.eval.datasets import VPRDataset, open_dataset
@@ -50,7 +50,6 @@ from training.train.losses import LMCLHead, lmcl_loss
 from training.train.state import capture_rng, check_resume_config, load_state, restore_rng, save_state
 
 log = logging.getLogger(__name__)
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -277,12 +276,6 @@ def _move_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) -> N
                 param_state[key] = value.to(device)
 
 
-def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    if cfg.precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[cfg.precision])
-
-
 def _train_epoch(cfg: TrainConfig, net: nn.Module, model: DSFormer, model_opt: torch.optim.Optimizer, head: LMCLHead,
                  head_opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, training_set: TrainingSet, group: int, epoch: int,
                  device: torch.device, dist_info: Distributed, writer: Any) -> list[float]:
@@ -304,7 +297,7 @@ def _train_epoch(cfg: TrainConfig, net: nn.Module, model: DSFormer, model_opt: t
         labels = labels.to(device, non_blocking=True)
         model_opt.zero_grad(set_to_none=True)
         head_opt.zero_grad(set_to_none=True)
-        with _autocast(cfg, device):
+        with autocast(cfg.precision, device.type):
             descriptors = net(images)
         loss = lmcl_loss(head, descriptors, labels)
         scaler.scale(loss).backward()
