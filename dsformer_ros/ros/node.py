@@ -24,10 +24,9 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from dsformer_ros.common.config import ConfigError
 from dsformer_ros.inference.image_codec import ImageDecodeError
 from dsformer_ros.localization.latest_frame import FrameRejected, LatestFrameWorker, RollingPercentiles
-from dsformer_ros.localization.localizer import Localizer, LocalizerError
+from dsformer_ros.localization.localizer import Localizer
 from dsformer_ros.ros.frame_decoder import make_decoder
 from dsformer_ros.ros.messages import candidate_markers, candidates_cloud, diagnostics_message, pose_message
 from dsformer_ros.ros.parameters import NodeSettings, declare_parameters, read_settings
@@ -89,8 +88,12 @@ class VprNode(LifecycleNode):
                 torch.set_num_threads(settings.torch_threads)
             self.get_logger().info(f"configuring: checkpoint {config.checkpoint}, map {config.map_path}")
             localizer = Localizer.load(config)
-        except (ConfigError, LocalizerError, ValueError) as exc:
+        except ValueError as exc:  # ConfigError, LocalizerError, DeviceError, ImageDecodeError...: the message says it
             self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        except Exception as exc:  # e.g. OSError reading a file, RuntimeError from torch: one line too
+            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            self.get_logger().debug(traceback.format_exc())
             return TransitionCallbackReturn.FAILURE
         self._settings, self._localizer = settings, localizer
         self._decode, self._decoder_name = decode, decoder_name
