@@ -39,3 +39,27 @@ def gardens_point() -> Path:
 def repo_root() -> Path:
     """The repository root (config/, launch/ live here)."""
     return REPO
+
+
+@pytest.fixture(scope="session")
+def pip_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package installed with `pip install` (non-editable) of a copy of the source tree into a fresh prefix."""
+    from ros_install import copy_source, pip_install
+
+    scratch = tmp_path_factory.mktemp("pip_prefix")
+    prefix = scratch / "prefix"
+    pip_install(copy_source(scratch / "src"), prefix)
+    return prefix
+
+
+@pytest.fixture(scope="session")
+def launch_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """launch, launch_ros and ros2cli installed from ../shared/vendor/ros2-launch; skips where that is absent."""
+    from ros_install import VENDOR, install_launch_tooling
+
+    if not VENDOR.is_dir():
+        pytest.skip("../shared/vendor/ros2-launch (ROS 2 launch and ros2cli sources) is not available on this machine")
+    scratch = tmp_path_factory.mktemp("launch_site")
+    site = scratch / "site"
+    install_launch_tooling(site, scratch)
+    return site
