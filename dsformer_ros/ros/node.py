@@ -26,7 +26,7 @@ from visualization_msgs.msg import MarkerArray
 
 from dsformer_ros.inference.image_codec import ImageDecodeError
 from dsformer_ros.localization.latest_frame import FrameRejected, LatestFrameWorker, RollingPercentiles
-from dsformer_ros.localization.localizer import Localizer
+from dsformer_ros.localization.localizer import LocalizationResult, Localizer
 from dsformer_ros.ros.frame_decoder import make_decoder
 from dsformer_ros.ros.messages import candidate_markers, candidates_cloud, diagnostics_message, pose_message
 from dsformer_ros.ros.parameters import NodeSettings, declare_parameters, read_settings
@@ -212,13 +212,14 @@ class VprNode(LifecycleNode):
         decode_ms = (time.monotonic() - t0) * 1000.0
         result = self._localizer.localize(rgb)
         header = Header(stamp=msg.header.stamp, frame_id=self._settings.frame_id)
-        self._outputs["candidates"].publish(candidates_cloud(header, result.candidates))
+        try:
+            self._publish_result(header, result)
+        except Exception:
+            if self.context.ok():
+                raise
+            return  # Ctrl-C: rclpy closed the context under the frame in progress, which is dropped
         overhead_ms = (time.monotonic() - arrival) * 1000.0 - result.model_ms - result.search_ms
         fix = result.decision.fix
-        if fix is not None:
-            self._outputs["pose"].publish(pose_message(header, fix))
-        if "markers" in self._outputs:
-            self._outputs["markers"].publish(candidate_markers(header, result.candidates))
         timings = (result.model_ms, result.search_ms, decode_ms, overhead_ms)
         for name, value in zip(TIMINGS, timings):
             self._timing[name].add(value)
@@ -233,6 +234,14 @@ class VprNode(LifecycleNode):
                 "last_frame_overhead_ms": overhead_ms,
                 "last_decision": result.decision.reason,
             }
+
+    def _publish_result(self, header: Header, result: LocalizationResult) -> None:
+        """~/candidates, ~/pose when the fix is accepted, ~/markers when enabled."""
+        self._outputs["candidates"].publish(candidates_cloud(header, result.candidates))
+        if result.decision.fix is not None:
+            self._outputs["pose"].publish(pose_message(header, result.decision.fix))
+        if "markers" in self._outputs:
+            self._outputs["markers"].publish(candidate_markers(header, result.candidates))
 
     def _on_relocalize(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         self._localizer.reset_temporal()
