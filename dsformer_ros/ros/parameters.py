@@ -45,7 +45,9 @@ class NodeSettings:
     )
     image_topic: str = setting("/camera/image_raw", "Camera topic.", section=INPUT)
     image_decoder: str = setting(
-        "auto", "Image conversion: auto (cv_bridge when installed, else built-in), cv_bridge (required) or builtin.",
+        "builtin",
+        "Image conversion: builtin (the tested default) or cv_bridge (must be installed). Both refuse malformed "
+        "messages (encoding, size, step, data length, JPEG/PNG markers) the same way before converting.",
         choices=DECODERS, section=INPUT,
     )
     max_rate_hz: float = setting(
