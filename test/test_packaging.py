@@ -8,7 +8,8 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ros_install import SITE_PACKAGES, copy_source
+import pytest
+from ros_install import SITE_PACKAGES, copy_source, ros_env
 
 
 # rosdep keys of the dependencies (ros/rosdistro rosdep/*.yaml and the ROS 2 Kilted packages), kept here because
@@ -87,21 +88,26 @@ def test_installed_node_runs_with_the_python_that_installed_it(pip_prefix):
     assert out.returncode == 2 and "vpr_node: invalid parameter" in out.stderr and "top_k" in out.stderr, out
 
 
-def test_colcon_build_installs_node_launch_file_params_and_index(tmp_path):
-    """`colcon build` of the source tree: executables in lib/dsformer_ros with the building Python, share files."""
-    source = copy_source(tmp_path / "src" / "dsformer_ros")
+@pytest.fixture(scope="module")
+def colcon_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace with a copy of the source tree in src/dsformer_ros, built with `colcon build` (as the README says)."""
+    workspace = tmp_path_factory.mktemp("colcon_ws")
+    copy_source(workspace / "src" / "dsformer_ros")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AMENT_", "COLCON_"))}
-    env.update(AMENT_PREFIX_PATH=sys.prefix, COLCON_HOME=str(tmp_path / "colcon_home"), PIP_NO_INDEX="1")
+    env.update(AMENT_PREFIX_PATH=sys.prefix, COLCON_HOME=str(workspace / "colcon_home"), PIP_NO_INDEX="1")
     colcon = Path(sys.executable).parent / "colcon"
-    build = subprocess.run(
-        [str(colcon), "--log-base", "log", "build", "--base-paths", "src", "--build-base", "build",
-         "--install-base", "install", "--event-handlers", "console_direct-"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
+    build = subprocess.run([str(colcon), "build", "--event-handlers", "console_direct-"],
+                           cwd=workspace, env=env, capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stdout + build.stderr
-    install = tmp_path / "install" / "dsformer_ros"
+    return workspace
+
+
+def test_colcon_build_installs_node_launch_file_params_and_index(colcon_workspace):
+    """Executables in lib/dsformer_ros naming the building Python; launch file, params, manifest, ament index entry."""
+    install = colcon_workspace / "install" / "dsformer_ros"
     share = install / "share"
     assert (share / "ament_index" / "resource_index" / "packages" / "dsformer_ros").is_file()
+    source = colcon_workspace / "src" / "dsformer_ros"
     assert (share / "dsformer_ros" / "package.xml").read_text() == (source / "package.xml").read_text()
     assert (share / "dsformer_ros" / "launch" / "vpr.launch.py").is_file()
     assert (share / "dsformer_ros" / "config" / "vpr.yaml").is_file()
@@ -113,7 +119,25 @@ def test_colcon_build_installs_node_launch_file_params_and_index(tmp_path):
     out = _run_outside_the_venv(install / "lib" / "dsformer_ros" / "vpr_node", install / SITE_PACKAGES,
                                 "--ros-args", "-p", "top_k:=0")
     assert out.returncode == 2 and "top_k" in out.stderr, out
-    assert (tmp_path / "install" / "setup.bash").is_file()
+    assert (colcon_workspace / "install" / "setup.bash").is_file()
+
+
+def test_ros2_launch_runs_the_colcon_installed_node(colcon_workspace, launch_site, tmp_path):
+    """`source install/setup.bash; ros2 launch dsformer_ros vpr.launch.py`: the installed node starts and, given a
+    misspelled parameter, ends the launch naming it."""
+    params = tmp_path / "typo.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    score_treshold: 0.6\n")
+    env = ros_env(launch_site, launch_site, tmp_path)  # the tooling only; setup.bash adds the package
+    script = (f"source {colcon_workspace / 'install' / 'setup.bash'} && "
+              f"ros2 pkg prefix dsformer_ros && ros2 pkg executables dsformer_ros && ros2 launch dsformer_ros vpr.launch.py params_file:={params}")
+    out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                         start_new_session=True)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log
+    assert "dsformer_ros vpr_node" in out.stdout and "dsformer_ros dsformer-vpr" in out.stdout, log
+    assert out.stdout.splitlines()[0] == str(colcon_workspace / "install" / "dsformer_ros"), log
+    assert "unknown parameter(s) score_treshold (did you mean score_threshold?)" in log, log
+    assert "process has finished cleanly" in log and "Traceback" not in log, log
 
 
 def test_cli_lists_commands_without_importing_torch(repo_root):
