@@ -159,7 +159,8 @@ HEADER = """\
 #   vpr_node --ros-args --params-file config/vpr.yaml
 #   dsformer-vpr node --params-file config/vpr.yaml [--set-param name:=value]
 #   ros2 launch dsformer_ros vpr.launch.py params_file:=config/vpr.yaml
-# Every parameter is listed; a wrong type or a value outside its range stops the node with a message naming it.
+# Every parameter is listed; a wrong type or a value outside its range stops the node with a message naming it,
+# an unknown (misspelled) name fails configure naming the nearest known one.
 # Values are read at configure: change them, then cleanup + configure (or restart) for them to take effect.
 /**:
   ros__parameters:
