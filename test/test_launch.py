@@ -65,7 +65,7 @@ class Launch:
         os.killpg(self.proc.pid, signal.SIGINT)
 
     def wait(self, timeout: float) -> int:
-        """The exit code of launch; kills the whole group when it does not end in time."""
+        """The exit code of launch; fails when it does not end in time (`kill` then cleans up)."""
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -62,6 +62,12 @@ class NodeCli:
         self._reader.join(10.0)
         return self.proc.returncode
 
+    def kill(self) -> None:
+        """Leave no process behind (nothing to do when it has exited)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def output(self) -> str:
         """Everything printed so far, faiss' loader chatter (which names a ModuleNotFoundError) left out."""
         return "\n".join(line for line in self.lines if "faiss.loader" not in line and "swigfaiss" not in line)
@@ -82,8 +88,9 @@ def test_minimal_params_file_starts_the_node_and_two_sigints_exit_0(assets, tmp_
         node.proc.send_signal(signal.SIGINT)
         time.sleep(0.05)
         node.proc.send_signal(signal.SIGINT)
-    finally:
         code = node.finish()
+    finally:
+        node.kill()
     assert code == 0, f"exit code {code} after two SIGINTs:\n{node.output()}"
     assert "Traceback" not in node.output() and "Error" not in node.output(), node.output()
 
@@ -102,11 +109,16 @@ def test_every_configure_failure_is_one_clear_line(assets, tmp_path, repo_root):
     if not torch.cuda.is_available():
         cases["cuda"] = ({"device": "cuda"}, "'cuda' was requested but CUDA is not available")
     runs = {}
-    for name, (values, _) in cases.items():
-        settings = {**assets, "device": "cpu", "warmup_iterations": 0, "torch_threads": 1, **values}
-        runs[name] = NodeCli(write_params(tmp_path / f"{name.replace(' ', '_')}.yaml", **settings), repo_root)
+    try:
+        for name, (values, _) in cases.items():
+            settings = {**assets, "device": "cpu", "warmup_iterations": 0, "torch_threads": 1, **values}
+            runs[name] = NodeCli(write_params(tmp_path / f"{name.replace(' ', '_')}.yaml", **settings), repo_root)
+        finished = {name: (run.finish(START_TIMEOUT_S), run.output()) for name, run in runs.items()}
+    finally:
+        for run in runs.values():
+            run.kill()
     for name, (_, expected) in cases.items():
-        code, output = runs[name].finish(START_TIMEOUT_S), runs[name].output()
+        code, output = finished[name]
         errors = [line for line in output.splitlines() if "error" in line.lower()]
         assert code == 1, f"{name}: exit code {code}:\n{output}"
         assert "Traceback" not in output, f"{name}:\n{output}"
