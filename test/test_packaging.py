@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import os
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -130,13 +131,21 @@ def test_ros2_launch_runs_the_colcon_installed_node(colcon_workspace, launch_sit
     env = ros_env(launch_site, launch_site, tmp_path)  # the tooling only; setup.bash adds the package
     script = (f"source {colcon_workspace / 'install' / 'setup.bash'} && "
               f"ros2 pkg prefix dsformer_ros && ros2 pkg executables dsformer_ros && ros2 launch dsformer_ros vpr.launch.py params_file:={params}")
-    out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=300,
-                         start_new_session=True)
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, log
-    assert "dsformer_ros vpr_node" in out.stdout and "dsformer_ros dsformer-vpr" in out.stdout, log
-    assert out.stdout.splitlines()[0] == str(colcon_workspace / "install" / "dsformer_ros"), log
-    assert "unknown parameter(s) score_treshold (did you mean score_threshold?)" in log, log
+    proc = subprocess.Popen(["bash", "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)  # the launch must end by itself
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # leave nothing behind (the group is gone after a clean end)
+        except ProcessLookupError:
+            pass
+    log = stdout + stderr
+    assert proc.returncode == 0, log
+    assert "dsformer_ros vpr_node" in stdout and "dsformer_ros dsformer-vpr" in stdout, log
+    assert stdout.splitlines()[0] == str(colcon_workspace / "install" / "dsformer_ros"), log
+    assert "configure failed: unknown parameter(s) score_treshold (did you mean score_threshold?)" in log, log
+    assert "vpr_node: configure failed (the reason is in the node's error line above); ending the launch" in log, log
     assert "process has finished cleanly" in log and "Traceback" not in log, log
 
 
