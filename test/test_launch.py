@@ -123,7 +123,9 @@ class Client:
         self._thread.join(5.0)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, launch: Launch, tick: Callable[[], None]) -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, what: str, launch: Launch, tick: Callable[[], None]
+) -> Any:
     """Call `tick` and re-check `predicate` every 0.1 s until it is truthy; fails when launch ends or time runs out."""
     deadline = time.monotonic() + timeout
     while not (result := predicate()):

@@ -450,7 +450,7 @@ def test_malformed_frames_are_counted_and_the_next_good_frame_is_answered(
 def test_30hz_stream_keeps_up_by_dropping_with_flat_memory(
     assets: dict[str, Any], client: RosClient, running: dict[str, Any]
 ) -> None:
-    """A 30 Hz stream: frames beyond what the model can run are dropped, the newest is answered promptly, flat memory."""
+    """A 30 Hz stream: frames beyond what the model can run are dropped, the newest answered promptly, flat memory."""
     node = running["node"]
     previous = client.messages(f"{NODE}/candidates")[-1][1].header.stamp.sec
     before = client.wait_for(lambda: settled_diag(client, previous), ANSWER_TIMEOUT_S, "idle diagnostics")
@@ -491,7 +491,8 @@ def test_30hz_stream_keeps_up_by_dropping_with_flat_memory(
     assert wait_s < 2 * (model_ms / 1000.0) + 5.0, f"newest frame answered after {wait_s:.1f} s: the node fell behind"
     early, late = max(rss[: len(rss) // 3]), max(rss[-len(rss) // 3 :])
     print(f"\nstream: {count} frames at {rate_hz:g} Hz, {received} received, {len(answered)} answered, {dropped} dropped; "
-          f"model p50 {model_ms:.0f} ms, worker capacity {capacity:.0f} frames; newest answered {wait_s * 1000:.0f} ms after publication; "
+          f"model p50 {model_ms:.0f} ms, worker capacity {capacity:.0f} frames; "
+          f"newest answered {wait_s * 1000:.0f} ms after publication; "
           f"RSS start {running['rss_start_mb']:.0f} MiB, during stream {early:.0f} -> {late:.0f} MiB, after {rss[-1]:.0f} MiB")
     assert late - early < 25.0, f"memory grew from {early:.0f} to {late:.0f} MiB during the stream"
 

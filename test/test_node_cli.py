@@ -47,7 +47,8 @@ class NodeCli:
         deadline = time.monotonic() + timeout
         with self._changed:
             while not any(text in line for line in self.lines):
-                assert self.proc.poll() is None, f"node exited ({self.proc.returncode}) before {text!r}:\n{self.output()}"
+                code = self.proc.poll()
+                assert code is None, f"node exited ({code}) before {text!r}:\n{self.output()}"
                 assert time.monotonic() < deadline, f"no {text!r} after {timeout:.0f} s:\n{self.output()}"
                 self._changed.wait(0.2)
 

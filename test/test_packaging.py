@@ -91,7 +91,7 @@ def test_installed_node_runs_with_the_python_that_installed_it(pip_prefix):
 
 @pytest.fixture(scope="module")
 def colcon_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace with a copy of the source tree in src/dsformer_ros, built with `colcon build` (as the README says)."""
+    """A workspace with a copy of the source tree in src/dsformer_ros, built with `colcon build` (as in the README)."""
     workspace = tmp_path_factory.mktemp("colcon_ws")
     copy_source(workspace / "src" / "dsformer_ros")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AMENT_", "COLCON_"))}
@@ -130,7 +130,8 @@ def test_ros2_launch_runs_the_colcon_installed_node(colcon_workspace, launch_sit
     params.write_text("/**:\n  ros__parameters:\n    score_treshold: 0.6\n")
     env = ros_env(launch_site, launch_site, tmp_path)  # the tooling only; setup.bash adds the package
     script = (f"source {colcon_workspace / 'install' / 'setup.bash'} && "
-              f"ros2 pkg prefix dsformer_ros && ros2 pkg executables dsformer_ros && ros2 launch dsformer_ros vpr.launch.py params_file:={params}")
+              "ros2 pkg prefix dsformer_ros && ros2 pkg executables dsformer_ros && "
+              f"ros2 launch dsformer_ros vpr.launch.py params_file:={params}")
     proc = subprocess.Popen(["bash", "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
