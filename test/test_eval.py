@@ -88,11 +88,17 @@ def test_at_reader_and_geotagged_report(traversals: Path, tmp_path: Path) -> Non
     assert json.loads((tmp_path / "out" / "report.json").read_text())["methods"]["raw_pixels"]["queries"] == 6
 
 
-def test_index_folders_without_ground_truth_match_by_index(gardens_point: Path) -> None:
-    dataset = read_index_folders(gardens_point)
+def test_index_folders_without_ground_truth_match_by_index(traversals: Path, tmp_path: Path) -> None:
+    root = tmp_path / "pairs"  # ten image pairs named by index, like gardens_point_mini: no ground_truth.csv
+    for part in ("ref", "query"):
+        (root / part).mkdir(parents=True)
+        for i in (9, 10, 2, 1, 3, 4, 5, 6, 7, 8):  # written out of order; numerically 10 comes after 9, not after 1
+            shutil.copy(traversals / part / f"{i * 10:07d}.jpg", root / part / f"{i}.jpg")
+    dataset = read_index_folders(root)
     assert len(dataset.database_paths) == len(dataset.query_paths) == 10
+    assert [p.name for p in dataset.database_paths] == [f"{i}.jpg" for i in range(1, 11)]
     assert [p.tolist() for p in dataset.positives] == [[i] for i in range(10)]
-    wide = open_dataset(DatasetConfig(format="folders", root=str(gardens_point), frame_tolerance=1))
+    wide = open_dataset(DatasetConfig(format="folders", root=str(root), frame_tolerance=1))
     assert wide.positives[0].tolist() == [0, 1] and wide.positives[5].tolist() == [4, 5, 6]
     assert "query i matches ref i" in dataset.description
 
