@@ -1,9 +1,8 @@
 """The VPR node as a user runs it: a separate process started with `--ros-args --params-file`, real DDS on loopback.
 
-A map is built from the synthetic traversals' ref/ (every second image, on a fake straight track: easting = image
-index in metres)
-with the untrained EfficientNet-Lite0 DSFormer saved as a checkpoint file; queries from query/ are published as
-real sensor_msgs/Image (and CompressedImage) messages by an rclpy node in this process.
+A map is built from the synthetic traversals' ref/ (conftest.py; every second image, on a fake straight track:
+easting = image index in metres) with the untrained EfficientNet-Lite0 DSFormer saved as a checkpoint file; queries
+from query/ are published as real sensor_msgs/Image (and CompressedImage) messages by an rclpy node in this process.
 """
 from __future__ import annotations
 
