@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from dsformer_ros.common.atomic import atomic_directory
-from training.synth.cli import SynthConfig
+from training.synth.config import SynthConfig
 from training.synth.drive import camera_of, plan_drive, town_of
 from training.synth.render import CONDITIONS, Renderer
 from training.synth.routes import poses_at
