@@ -30,18 +30,17 @@ def test_metrics_by_hand() -> None:
     r = ReplayResults.empty_like(4, 3)
     r.gt_xy[:] = [[0, 0], [100, 0], [200, 0], [np.nan, np.nan]]
     r.answered[:] = True
+    # map places 10, 11, 12, 13 at x = 0, 100, 200, 400 m; candidates are map places, ids not rows
+    map_xy = np.array([[0.0, 0.0], [100.0, 0.0], [200.0, 0.0], [400.0, 0.0]])
+    map_ids = np.array([10, 11, 12, 13])
     # frame 0: top-1 correct; frame 1: correct at rank 3; frame 2: all wrong; frame 3: no GPS
-    r.cand_xy[0] = [[5, 0], [90, 0], [300, 0]]
-    r.cand_xy[1] = [[0, 0], [300, 0], [110, 0]]
-    r.cand_xy[2] = [[0, 0], [100, 0], [400, 0]]
-    r.cand_xy[3] = [[0, 0], [0, 0], [0, 0]]
-    r.cand_place_ids[:] = 1
+    r.cand_place_ids[:] = [[10, 11, 12], [10, 12, 11], [10, 11, 13], [10, 11, 12]]
+    r.cand_xy[:] = map_xy[r.cand_place_ids - 10]
     r.accepted[:] = [True, True, False, True]
     r.fix_xy[:] = [[3, 4], [150, 0], [np.nan, np.nan], [0, 0]]
     r.fix_sigma_m[:] = [2.0, 3.0, np.nan, 1.0]
     r.latency_s[:] = [0.01, 0.02, 0.03, 0.04]
-    map_xy = np.array([[0.0, 0.0], [100.0, 0.0], [200.0, 0.0]])
-    m = compute_metrics(r, map_xy, radius_m=25.0, ns=[1, 3])
+    m = compute_metrics(r, map_xy, map_ids, radius_m=25.0, ns=[1, 3])
     assert m["frames_with_gps"] == 3 and m["frames_evaluable"] == 3
     assert m["recall"] == {"1": pytest.approx(1 / 3), "3": pytest.approx(2 / 3)}
     assert m["fix"]["accepted"] == 3
@@ -50,7 +49,7 @@ def test_metrics_by_hand() -> None:
     assert m["fix"]["error_m"]["p50"] == pytest.approx(27.5)
     assert m["latency_ms"]["p50"] == pytest.approx(25.0)
     with pytest.raises(ValueError, match="Recall@5"):
-        compute_metrics(r, map_xy, 25.0, [5])
+        compute_metrics(r, map_xy, map_ids, 25.0, [5])
 
 
 @pytest.fixture(scope="module")
