@@ -1,4 +1,4 @@
-"""build-map / merge-maps on real bags (MCAP, sqlite3, ROS 1; raw and JPEG images) written from synthetic street frames."""
+"""build-map / merge-maps on real bags (MCAP, sqlite3, ROS 1; raw and JPEG images) of synthetic street frames."""
 from __future__ import annotations
 
 import dataclasses

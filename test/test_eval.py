@@ -216,11 +216,12 @@ def test_eval_cli_exact_recalls_on_a_constructed_dataset(traversals: Path, tmp_p
     cv2.imwrite(str(root / "query" / "0000006.png"), (0.7 * _blocks(1) + 0.3 * _blocks(2)).round().astype(np.uint8))
     shutil.copy(sorted((traversals / "query").glob("*.jpg"))[-1], root / "query" / "0000007.jpg")
     positives = [[i] for i in copies] + [[9], []]
-    (root / "ground_truth.csv").write_text(
-        "query_index,correct_ref_indices\n" + "".join(f"{q},{' '.join(map(str, p))}\n" for q, p in enumerate(positives)))
+    rows = "".join(f"{q},{' '.join(map(str, p))}\n" for q, p in enumerate(positives))
+    (root / "ground_truth.csv").write_text("query_index,correct_ref_indices\n" + rows)
     out = tmp_path / "out"
-    code = cli_main(["eval", "--dataset-root", str(root), "--dataset-format", "folders", "--baselines", "--device", "cpu",
-                     "--out", str(out), "--set", "recall_ns=[1,2,5]", "--set", "top_k=10", "--set", "use_cache=false"])
+    code = cli_main(["eval", "--dataset-root", str(root), "--dataset-format", "folders", "--baselines",
+                     "--device", "cpu", "--out", str(out), "--set", "recall_ns=[1,2,5]", "--set", "top_k=10",
+                     "--set", "use_cache=false"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert list(report["methods"]) == ["dsformer", "raw_pixels", "backbone_gem"]

@@ -147,7 +147,8 @@ def test_report_and_figures(drive_setup: dict[str, Path]) -> None:
     # recall recomputed by hand: one of the first N candidates within the radius of the GPS position
     radius = m["radius_m"]
     near = np.hypot(r.cand_xy[..., 0] - r.gt_xy[:, None, 0], r.cand_xy[..., 1] - r.gt_xy[:, None, 1]) <= radius
-    evaluable = np.hypot(map_xy[None, :, 0] - r.gt_xy[:, None, 0], map_xy[None, :, 1] - r.gt_xy[:, None, 1]).min(1) <= radius
+    to_map = np.hypot(map_xy[None, :, 0] - r.gt_xy[:, None, 0], map_xy[None, :, 1] - r.gt_xy[:, None, 1])
+    evaluable = to_map.min(axis=1) <= radius
     assert m["frames_evaluable"] == int(evaluable.sum()) > 0
     for n in range(1, 6):
         expected = float(near[evaluable, :n].any(axis=1).mean())
@@ -163,7 +164,8 @@ def test_report_and_figures(drive_setup: dict[str, Path]) -> None:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image is not None, name
         assert image.std() > 5, f"{name} looks blank"
     # figure sizes in inches at 110 dpi, trimmed to the drawing (the trajectory keeps metres square)
-    for name, (width, height) in {"trajectory.png": (825, 770), "recall.png": (660, 440), "errors.png": (660, 462)}.items():
+    full_size = {"trajectory.png": (825, 770), "recall.png": (660, 440), "errors.png": (660, 462)}
+    for name, (width, height) in full_size.items():
         h, w = images[name].shape[:2]
         assert 0.4 * height <= h <= height + 40 and 0.2 * width <= w <= width + 40, (name, w, h)
     top1 = near[:, 0]

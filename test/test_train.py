@@ -34,7 +34,8 @@ from training.train.train import train
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "training" / "configs"
 EAST, NORTH = 500000.5, 5000000.0
-# Mild augmentation: a few hundred training images are too few for EigenPlaces' strong colour jitter to pay off in seconds.
+# Mild augmentation: a few hundred training images are too few for EigenPlaces' strong colour jitter to pay off
+# in seconds.
 MILD_AUGMENT = {"crop_scale": [0.6, 1.0], "brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.05}
 
 
