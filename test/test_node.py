@@ -1,8 +1,8 @@
 """The VPR node as a user runs it: a separate process started with `--ros-args --params-file`, real DDS on loopback.
 
-A map is built from corridor ref/ (every second image, on a fake straight track: easting = image index in metres)
-with the untrained EfficientNet-Lite0 DSFormer saved as a checkpoint file; queries from query/ are published as
-real sensor_msgs/Image (and CompressedImage) messages by an rclpy node in this process.
+A map is built from the synthetic traversals' ref/ (conftest.py; every second image, on a fake straight track:
+easting = image index in metres) with the untrained EfficientNet-Lite0 DSFormer saved as a checkpoint file; queries
+from query/ are published as real sensor_msgs/Image (and CompressedImage) messages by an rclpy node in this process.
 """
 from __future__ import annotations
 
@@ -226,14 +226,14 @@ def write_params(path: Path, repo_root: Path, **values: Any) -> Path:
 
 # --------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory, corridor: Path, repo_root: Path) -> dict[str, Any]:
+def assets(tmp_path_factory: pytest.TempPathFactory, traversals: Path, repo_root: Path) -> dict[str, Any]:
     """Checkpoint, map (every second ref image, 1 m per image along easting, heading east), queries and expectations."""
     out = tmp_path_factory.mktemp("vpr_node")
     sha = save_checkpoint(out / "model.pt", load_model(device="cpu"), {"source": "untrained, test_node"})
     other_sha = save_checkpoint(out / "other.pt", load_model(device="cpu", seed=1), {"source": "other seed"})
     model = load_model(out / "model.pt", device="cpu")
     extractor = DescriptorExtractor(model)
-    refs = sorted((corridor / "ref").glob("*.jpg"))[::2]
+    refs = sorted((traversals / "ref").glob("*.jpg"))[::2]
     ref_index = np.array([int(p.stem) for p in refs])
     n = len(refs)
     metadata = PlaceMetadata(
@@ -246,7 +246,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory, corridor: Path, repo_root: 
         lon=np.full(n, 9.0),
         heading_deg=np.full(n, 90.0),
         stamp_ns=ref_index * 1_000_000_000,
-        source=np.array(["corridor/ref"] * n),
+        source=np.array(["traversals/ref"] * n),
     )
     place_map = PlaceMap.build(
         extractor.describe_paths(refs),
@@ -257,10 +257,10 @@ def assets(tmp_path_factory: pytest.TempPathFactory, corridor: Path, repo_root: 
         build_info={"source": "test_node"},
     )
     place_map.save(out / "map")
-    queries = [read_image(corridor / "query" / f"{i:07d}.jpg") for i in QUERY_INDICES]
+    queries = [read_image(traversals / "query" / f"{i:07d}.jpg") for i in QUERY_INDICES]
     expected = place_map.search(extractor.describe(queries), TOP_K)
     best = expected.scores[:, 0].astype(np.float64)
-    with open(corridor / "ground_truth.csv") as fh:
+    with open(traversals / "ground_truth.csv") as fh:
         truth = {int(r["query_index"]): {int(x) for x in r["correct_ref_indices"].split()} for r in csv.DictReader(fh)}
     return {
         "dir": out,
