@@ -15,13 +15,21 @@ to an existing map.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.spatial import cKDTree
 from scipy.stats import norm
 
 from dsformer_ros.common.config import ConfigError, from_dict, to_dict
+
+if TYPE_CHECKING:
+    from dsformer_ros.maps.placemap import PlaceMap
+
+log = logging.getLogger(__name__)
 
 HEADING_TOLERANCE_RAD = math.radians(45.0)
 # Distance bins of the similarity profile, in keyframe spacings, and pairs sampled per population.
@@ -214,3 +222,28 @@ def fit_similarity(
 def reference_rows(n: int, size: int = REFERENCE_SAMPLE) -> np.ndarray:
     """Evenly spread rows of a map whose scores give a query's negative level (its median score against them)."""
     return np.unique(np.linspace(0, n - 1, num=min(n, size)).round().astype(np.int64))
+
+
+def place_poses(place_map: "PlaceMap") -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2) UTM positions and (N,) ENU yaws (rad; NaN where the heading is unknown) of a map's places."""
+    meta = place_map.metadata
+    xy = np.column_stack([np.asarray(meta.easting, np.float64), np.asarray(meta.northing, np.float64)])
+    yaw = np.pi / 2.0 - np.radians(np.asarray(meta.heading_deg, dtype=np.float64))
+    return xy, np.arctan2(np.sin(yaw), np.cos(yaw))
+
+
+def fit_map_similarity(place_map: "PlaceMap") -> SimilarityModel:
+    """Fit the measurement model of a loaded map from its own descriptors and place poses."""
+    xy, yaw = place_poses(place_map)
+    return fit_similarity(place_map.descriptors, xy, yaw)
+
+
+def map_similarity(place_map: "PlaceMap") -> SimilarityModel:
+    """The map's stored measurement model; fitted now (with a warning saying how to store it) when the map has none."""
+    if place_map.manifest.similarity:
+        return SimilarityModel.from_manifest(place_map.manifest.similarity)
+    started = time.monotonic()
+    model = fit_map_similarity(place_map)
+    log.warning("the map has no similarity section (built before sequence localization); fitted it at load in "
+                "%.1f s; store it with: dsformer-vpr fit-similarity MAP", time.monotonic() - started)
+    return model

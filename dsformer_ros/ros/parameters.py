@@ -12,7 +12,8 @@ import yaml
 
 from dsformer_ros.common.config import ConfigError, from_dict
 from dsformer_ros.common.params import Spec, check_fields, setting, specs
-from dsformer_ros.localization.localizer import MODEL, LocalizerConfig
+from dsformer_ros.localization.localizer import ACCEPT, MODEL, SINGLE, LocalizerConfig
+from dsformer_ros.localization.sequence import SEQUENCE
 from dsformer_ros.ros.frame_decoder import DECODERS
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ INPUT = "input"
 OUTPUT = "output"
 DIAGNOSTICS = "diagnostics (/diagnostics)"
 # Sections of the parameter file, in order ("" holds the settings that stand before every section).
-SECTIONS = ("", MODEL, INPUT, OUTPUT, "when a fix is accepted (published on ~/pose)", DIAGNOSTICS)
+SECTIONS = ("", MODEL, INPUT, OUTPUT, ACCEPT, SEQUENCE, SINGLE, DIAGNOSTICS)
 
 
 @dataclass
@@ -44,6 +45,12 @@ class NodeSettings:
         section=INPUT,
     )
     image_topic: str = setting("/camera/image_raw", "Camera topic.", section=INPUT)
+    odometry_topic: str = setting(
+        "",
+        "nav_msgs/Odometry topic (wheel odometry or VIO, in its own drifting frame) used as relative motion between "
+        "frames by mode sequence; matched to frames by stamp. Empty: none (the motion is bounded by max_speed_mps).",
+        section=INPUT,
+    )
     image_decoder: str = setting(
         "auto", "Image conversion: auto (cv_bridge when installed, else built-in), cv_bridge (required) or builtin.",
         choices=DECODERS, section=INPUT,

@@ -46,6 +46,15 @@ class SynthConfig:
     jpeg_quality: int = 90
     image_topic: str = ""  # "" = /camera/image_raw (raw) or /camera/image_raw/compressed
     export_at: str = ""  # folder of '@'-named JPEGs to create ("" = none)
+    odometry_topic: str = "/odom/wheel"  # drifting wheel odometry in frame "odom" ("" = none)
+    odometry_hz: float = 20.0
+    odometry_scale_error: float = 0.03  # the wheels measure 3 % too far
+    odometry_heading_drift_deg_per_m: float = 0.05
+    odometry_distance_noise: float = 0.01  # relative, per odometry step
+    odometry_yaw_noise_deg: float = 0.05  # per odometry step
+    kidnap_at_m: float = 0.0  # > 0: after this many metres the car is teleported (the odometry does not see it)
+    kidnap_skip_m: float = 250.0  # how far along the route it reappears
+    off_map_after_m: float = 0.0  # > 0: after this many metres the drive leaves the route for streets it never uses
 
     def validate(self) -> None:
         """Raise ConfigError naming the bad field."""
@@ -69,6 +78,12 @@ class SynthConfig:
             raise ConfigError("gps_sigma_m must be >= 0 and gps_no_fix_fraction within 0..1")
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"jpeg_quality: must be 1..100, got {self.jpeg_quality}")
+        for name in ("odometry_hz", "odometry_distance_noise", "odometry_yaw_noise_deg", "kidnap_at_m",
+                     "kidnap_skip_m", "off_map_after_m"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.kidnap_at_m > 0 and self.off_map_after_m > 0:
+            raise ConfigError("kidnap_at_m and off_map_after_m: choose one special drive, not both")
         if not -80.0 <= self.origin_lat <= 84.0 or not -180.0 <= self.origin_lon <= 180.0:
             raise ConfigError("origin_lat/origin_lon: must lie within the UTM range (lat -80..84, lon -180..180)")
 
@@ -91,6 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compressed", action="store_true", default=None, help="sensor_msgs/CompressedImage (JPEG)")
     parser.add_argument("--output", "-o", help="rosbag2 directory to create")
     parser.add_argument("--export-at", help="folder of '@'-named JPEGs to create")
+    parser.add_argument("--odometry-topic", help="drifting wheel odometry topic ('' = none; default /odom/wheel)")
+    parser.add_argument("--kidnap-at", type=float, help="teleport the car after this many metres (kidnapped drive)")
+    parser.add_argument("--off-map-after", type=float, help="leave the route after this many metres (off-map drive)")
     parser.add_argument("--benchmark", type=int, metavar="N", help="only time rendering N frames and print fps")
 
 
@@ -102,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         SynthConfig, args, seed=args.seed, route=args.route, route_seed=args.route_seed, condition=args.condition,
         lane_offset_m=args.lane_offset, frames=args.frames, length_m=args.length, fps=args.fps, width=args.width,
         height=args.height, hfov_deg=args.fov, storage=args.storage, compressed=args.compressed, output=args.output,
-        export_at=args.export_at,
+        export_at=args.export_at, odometry_topic=args.odometry_topic, kidnap_at_m=args.kidnap_at,
+        off_map_after_m=args.off_map_after,
     )
     if args.benchmark:
         render_fps, jpeg_fps = benchmark_config(cfg, args.benchmark)
