@@ -98,6 +98,15 @@ class SequenceConfig:
     fix_radius_m: float = setting(
         15.0, "Radius (m) of fix_mass.", low=0.1, high=10000.0, section=SEQUENCE,
     )
+    matched_share: float = setting(
+        0.5, "A fix also needs this share of the concentrated mass to match the recent frames (after a kidnap the "
+        "old place stops matching: no fix from it).", low=0.0, high=1.0, section=SEQUENCE,
+    )
+    lateral_sigma_m: float = setting(
+        2.5, "Across the road (m, 1 sigma): where a car can be on the road of the place it matches (lanes); added "
+        "to the fix covariance perpendicular to the heading, isotropically when the heading is unknown.",
+        low=0.0, high=100.0, section=SEQUENCE,
+    )
     odometry_max_speed_mps: float = setting(
         60.0, "Odometry implying a faster motion is a jump: counted in diagnostics and ignored.",
         low=0.1, high=10000.0, section=SEQUENCE,
@@ -165,6 +174,7 @@ class SequenceLocalizer:
         self.n = self.xy.shape[0]
         self.tree = cKDTree(self.xy)
         self.spacing_m = 2.0 * floor_sigma_m
+        self.floor_sigma_m = floor_sigma_m
         self.extent_sigma_m = max(model.place_sigma_m, floor_sigma_m)
         self.heading_sigma = math.radians(config.heading_tolerance_deg)
         self.odometry = OdometryTrack(config.odometry_max_speed_mps, config.odometry_tolerance_s)
@@ -183,9 +193,9 @@ class SequenceLocalizer:
             self.resets += 1
 
     def _clear(self) -> None:
-        """Half the belief uniform over the places, half off the map; no previous frame."""
+        """Half the belief uniform over the places, half unmatched; no previous frame."""
         self.belief = np.full(self.n, 0.5 / self.n)
-        self.off_map = 0.5
+        self.unmatched = np.full(self.n, 0.5 / self.n)
         self.frames_since_reset = 0
         self._last_stamp: int | None = None
         self._last_odom: OdomPose | None = None
@@ -193,6 +203,11 @@ class SequenceLocalizer:
     def add_odometry(self, stamp_ns: int, x: float, y: float, yaw: float) -> str:
         """Store one odometry pose (its own frame); '' when accepted, else why it was ignored (also counted)."""
         return self.odometry.add(stamp_ns, x, y, yaw)
+
+    @property
+    def off_map(self) -> float:
+        """Share of the belief whose views match no map place (off the map, kidnapped, unfamiliar views)."""
+        return float(self.unmatched.sum())
 
     def status(self) -> dict[str, float | int | str]:
         """Counters and the last state for diagnostics."""
@@ -243,24 +258,28 @@ class SequenceLocalizer:
         return motion, dt_s
 
     def _predict(self, motion: Motion | None, dt_s: float | None) -> None:
-        """Motion step: move tracked mass, leak unmatched mass off the map, apply the hazards."""
+        """Motion step: move tracked mass (matched and unmatched), spread what finds no place, apply the hazards."""
         cfg = self.config
-        background = cfg.kidnap_probability * self.belief.sum() / self.n
-        sources = np.flatnonzero(self.belief > TRACK_ABOVE_BACKGROUND * background)
+        background = cfg.kidnap_probability / self.n
+        sources = np.flatnonzero(np.maximum(self.belief, self.unmatched) > TRACK_ABOVE_BACKGROUND * background)
         if sources.size == 0:
-            sources = np.array([int(np.argmax(self.belief))])
-        mass = self.belief[sources]
-        moved = self.belief.copy()
-        moved[sources] = 0.0
-        target_mass, lost = self._transition(sources, mass, motion, dt_s)
-        moved += target_mass
-        on = moved.sum()
+            sources = np.array([int(np.argmax(self.belief + self.unmatched))])
+        lost = 0.0
+        moved = []
+        for part in (self.belief, self.unmatched):
+            out = part.copy()
+            out[sources] = 0.0
+            target, leaked = self._transition(sources, part[sources], motion, dt_s)
+            moved.append(out + target)
+            lost += leaked
+        matched, unmatched = moved
         leave, kidnap, back = cfg.leave_probability, cfg.kidnap_probability, cfg.return_probability
-        self.belief = moved * (1.0 - leave - kidnap) + (kidnap * on + back * self.off_map) / self.n
-        self.off_map = self.off_map * (1.0 - back) + leave * on + lost
-        total = self.belief.sum() + self.off_map
-        self.belief /= total
-        self.off_map /= total
+        total = matched.sum() + unmatched.sum() + lost
+        self.belief = matched * (1.0 - leave - kidnap) + back * unmatched + kidnap * total / self.n
+        self.unmatched = unmatched * (1.0 - back - kidnap) + leave * matched + lost / self.n
+        norm = self.belief.sum() + self.unmatched.sum()
+        self.belief /= norm
+        self.unmatched /= norm
 
     def _transition(
         self, sources: np.ndarray, mass: np.ndarray, motion: Motion | None, dt_s: float | None
@@ -307,8 +326,9 @@ class SequenceLocalizer:
         h = np.where(known[src] & np.isfinite(yaw_t), np.exp(-0.5 * (turn_err / heading_sigma) ** 2), 1.0)
         w = g * h
         norm = np.bincount(src, weights=w, minlength=sources.size)
+        # Mass stays on the map when some place within 3 sigma of the prediction has a heading within 2 sigma.
         retained = np.zeros(sources.size)
-        np.maximum.at(retained, src, h * (g > math.exp(-4.5)))
+        np.maximum.at(retained, src, np.minimum(h / math.exp(-2.0), 1.0) * (g > math.exp(-4.5)))
         ok = norm > 0
         share = np.where(ok[src], w / np.where(norm[src] > 0, norm[src], 1.0), 0.0)
         carried = mass * retained
@@ -316,7 +336,7 @@ class SequenceLocalizer:
         return out, float((mass - np.where(ok, carried, 0.0)).sum())
 
     def _measure(self, rows: np.ndarray, scores: np.ndarray, reference: float) -> None:
-        """Measurement step: weigh each place by its score's likelihood ratio (off-map: ratio 1)."""
+        """Measurement step: weigh each place by its score's likelihood ratio (unmatched views: ratio 1)."""
         if rows.size == 0:
             return
         floor = float(scores.min())
@@ -328,40 +348,53 @@ class SequenceLocalizer:
         llr = np.logaddexp(math.log1p(-eps) + llr, math.log(eps))
         top = max(float(llr.max()), 0.0)
         self.belief = self.belief * np.exp(llr - top)
-        self.off_map = self.off_map * math.exp(-top)
-        total = self.belief.sum() + self.off_map
+        self.unmatched = self.unmatched * math.exp(-top)
+        total = self.belief.sum() + self.unmatched.sum()
         if not total > 0 or not math.isfinite(total):
             self._clear()
             return
         self.belief /= total
-        self.off_map /= total
+        self.unmatched /= total
 
     def _decide(self, rows: np.ndarray, scores: np.ndarray, odometry_used: bool) -> SequenceDecision:
-        """Fix when concentrated; state and reason either way."""
+        """Fix when the belief is concentrated and the frames agree with it; state and reason either way."""
         cfg = self.config
-        best = int(np.argmax(self.belief))
+        where = self.belief + self.unmatched
+        best = int(np.argmax(where))
         near = self.tree.query_ball_point(self.xy[best], cfg.fix_radius_m)
-        centre = (self.belief[near, None] * self.xy[near]).sum(axis=0) / max(self.belief[near].sum(), 1e-300)
+        centre = (where[near, None] * self.xy[near]).sum(axis=0) / max(where[near].sum(), 1e-300)
         near = np.asarray(self.tree.query_ball_point(centre, cfg.fix_radius_m), dtype=np.int64)
         if near.size == 0:
             near = np.array([best])
-        mass = float(self.belief[near].sum())
-        off = float(self.off_map)
-        if mass >= cfg.fix_mass:
-            mean, cov, yaw, yaw_known = pose_covariance(self.xy[near], self.belief[near], self.yaw[near],
-                                                        self.extent_sigma_m)
-            retrieved = np.flatnonzero(np.isin(rows, near))
-            fix = Fix(easting=float(mean[0]), northing=float(mean[1]), yaw=yaw, yaw_known=yaw_known, covariance=cov,
-                      place_id=int(self.place_ids[best]),
-                      score=float(scores[retrieved[0]]) if retrieved.size else float("nan"),
-                      agreeing=int(retrieved.size))
+        mass = float(where[near].sum())
+        matched = float(self.belief[near].sum())
+        off = self.off_map
+        if mass >= cfg.fix_mass and matched >= cfg.matched_share * mass:
+            fix = self._fix(near, where, rows, scores, best)
             reason = f"converged: {100 * mass:.1f}% of the belief within fix_radius_m={cfg.fix_radius_m:g} of place " \
-                     f"{int(self.place_ids[best])}"
+                     f"{int(self.place_ids[best])}, {100 * matched / mass:.0f}% of it matching the frames"
             return SequenceDecision(fix, CONVERGED, reason, mass, off, odometry_used)
         if off >= 0.5:
             reason = f"lost: {100 * off:.1f}% of the belief says the frames match no map place " \
                      "(off the map, kidnapped, or an unfamiliar view)"
             return SequenceDecision(None, LOST, reason, mass, off, odometry_used)
-        reason = f"searching: {100 * mass:.1f}% of the belief within fix_radius_m={cfg.fix_radius_m:g} of the best " \
-                 f"place (fix_mass={cfg.fix_mass:g}), {100 * off:.1f}% off the map"
+        if mass >= cfg.fix_mass:
+            reason = f"searching: the belief is concentrated but only {100 * matched / mass:.0f}% of it matches the " \
+                     f"frames (matched_share={cfg.matched_share:g}): the frames stopped agreeing with it"
+        else:
+            reason = f"searching: {100 * mass:.1f}% of the belief within fix_radius_m={cfg.fix_radius_m:g} of the " \
+                     f"best place (fix_mass={cfg.fix_mass:g}), {100 * off:.1f}% matching no place"
         return SequenceDecision(None, SEARCHING, reason, mass, off, odometry_used)
+
+    def _fix(self, near: np.ndarray, where: np.ndarray, rows: np.ndarray, scores: np.ndarray, best: int) -> Fix:
+        """The fix of the concentrated mass: its mean, its spread plus the lateral and resolution terms, its yaw."""
+        mean, cov, yaw, yaw_known = pose_covariance(self.xy[near], where[near], self.yaw[near], self.floor_sigma_m)
+        if yaw_known:
+            normal = np.array([-math.sin(yaw), math.cos(yaw)])
+            cov[:2, :2] += self.config.lateral_sigma_m**2 * np.outer(normal, normal)
+        else:
+            cov[:2, :2] += self.config.lateral_sigma_m**2 * np.eye(2)
+        retrieved = np.flatnonzero(np.isin(rows, near))
+        return Fix(easting=float(mean[0]), northing=float(mean[1]), yaw=yaw, yaw_known=yaw_known, covariance=cov,
+                   place_id=int(self.place_ids[best]),
+                   score=float(scores[retrieved[0]]) if retrieved.size else float("nan"), agreeing=int(retrieved.size))

@@ -39,6 +39,7 @@ MIN_PAIRS = 10
 # Half-height of a Gaussian kernel: d_half = sigma * sqrt(2 ln 2).
 HALF_HEIGHT = math.sqrt(2.0 * math.log(2.0))
 REFERENCE_SAMPLE = 512
+DRIVE_BASELINE_M = 16.0
 
 
 class SimilarityFitError(ValueError):
@@ -224,12 +225,42 @@ def reference_rows(n: int, size: int = REFERENCE_SAMPLE) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, num=min(n, size)).round().astype(np.int64))
 
 
+def drive_yaw(xy: np.ndarray, stamp_ns: np.ndarray, stored_yaw: np.ndarray, baseline_m: float = DRIVE_BASELINE_M) -> np.ndarray:
+    """Each place's ENU yaw as the direction of its drive through it, over `baseline_m` of that drive.
+
+    Places are ordered by stamp and cut into drives where consecutive places lie far apart; the heading a map stores
+    comes from a short GPS baseline and is easily tens of degrees off with metre-level GPS noise, while the drive's
+    direction over 16 m is good to a few degrees. A place alone in its drive keeps its stored yaw.
+    """
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    out = np.asarray(stored_yaw, dtype=np.float64).copy()
+    n = xy.shape[0]
+    if n < 2:
+        return out
+    order = np.argsort(np.asarray(stamp_ns), kind="stable")
+    p = xy[order]
+    step = np.hypot(*np.diff(p, axis=0).T)
+    spacing = float(np.median(step)) if step.size else 0.0
+    cut = np.flatnonzero(step > max(10.0, 5.0 * spacing)) + 1
+    for part in np.split(np.arange(n), cut):
+        if part.size < 2:
+            continue
+        q = p[part]
+        s = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(q, axis=0).T))])
+        lo = np.searchsorted(s, s - baseline_m / 2.0)
+        hi = np.clip(np.searchsorted(s, s + baseline_m / 2.0, side="right") - 1, 0, part.size - 1)
+        d = q[hi] - q[lo]
+        ok = np.hypot(d[:, 0], d[:, 1]) > 0
+        out[order[part[ok]]] = np.arctan2(d[ok, 1], d[ok, 0])
+    return out
+
+
 def place_poses(place_map: "PlaceMap") -> tuple[np.ndarray, np.ndarray]:
-    """(N, 2) UTM positions and (N,) ENU yaws (rad; NaN where the heading is unknown) of a map's places."""
+    """(N, 2) UTM positions and (N,) ENU yaws (rad; from the drive's direction, see `drive_yaw`) of a map's places."""
     meta = place_map.metadata
     xy = np.column_stack([np.asarray(meta.easting, np.float64), np.asarray(meta.northing, np.float64)])
     yaw = np.pi / 2.0 - np.radians(np.asarray(meta.heading_deg, dtype=np.float64))
-    return xy, np.arctan2(np.sin(yaw), np.cos(yaw))
+    return xy, drive_yaw(xy, np.asarray(meta.stamp_ns), np.arctan2(np.sin(yaw), np.cos(yaw)))
 
 
 def fit_map_similarity(place_map: "PlaceMap") -> SimilarityModel:
