@@ -152,7 +152,7 @@ def test_straight_road_with_drifting_odometry_converges_and_stays_right(straight
     results = run(straight, straight.localizer(), path_xy, path_yaw, odometry=wheel())
     err, sigma = fixes(results)
     accepted = np.isfinite(err)
-    assert accepted[5:].mean() >= 0.9
+    assert accepted[5:].mean() >= 0.8  # frames whose scores do not beat unrelated places give no fix
     assert np.nanmax(err) < 10.0
     assert np.nanmin(sigma) >= 1.0
     assert all(d.odometry_used for d, _ in results[1:])
@@ -215,7 +215,7 @@ def test_off_map_drive_publishes_no_fix_and_says_lost(straight: Map) -> None:
     elsewhere = World(99)
     path_xy, path_yaw = drive(*sampled(straight.xy[10:120], straight.yaw[10:120], 2.0, 4.0))
     on = run(straight, straight.localizer(), path_xy[:20], path_yaw[:20], odometry=wheel())
-    assert on[-1][0].state == CONVERGED
+    assert any(d.state == CONVERGED for d, _ in on[-5:])
     loc = straight.localizer()
     off = run(straight, loc, path_xy, path_yaw, odometry=wheel(), world=elsewhere)
     assert not any(d.fix for d, _ in off)

@@ -19,8 +19,9 @@ no resampling noise, deterministic results), and the off-map state gives unknown
 instead of starving a particle cloud. The cost is proportional to the places holding more than the background mass
 (places at the uniform kidnap level stay where they are), not to the map's size.
 
-A fix is published only when the belief is concentrated: at least `fix_mass` of the whole belief (off-map state
-included) within `fix_radius_m` of the best place. Its covariance is the spread of that mass plus the map's visual
+A fix is published only when the belief is concentrated: at least `fix_mass` of the whole belief within
+`fix_radius_m` of the best place, at least `matched_share` of it matching the frames, and the current frame scoring
+those places better than unrelated ones on average (so the first frame after a kidnap gives no fix). Its covariance is the spread of that mass plus the map's visual
 resolution (`place_sigma_m` of the fit, never below half the keyframe spacing) on x and y, and the circular spread
 of the places' headings for yaw. States: converged (a fix), searching (belief spread over the map), lost (most of
 the belief off the map: the frames match no place).
@@ -196,6 +197,8 @@ class SequenceLocalizer:
         """Half the belief uniform over the places, half unmatched; no previous frame."""
         self.belief = np.full(self.n, 0.5 / self.n)
         self.unmatched = np.full(self.n, 0.5 / self.n)
+        self._prior = self.belief.copy()
+        self._llr = np.zeros(self.n)
         self.frames_since_reset = 0
         self._last_stamp: int | None = None
         self._last_odom: OdomPose | None = None
@@ -337,6 +340,8 @@ class SequenceLocalizer:
 
     def _measure(self, rows: np.ndarray, scores: np.ndarray, reference: float) -> None:
         """Measurement step: weigh each place by its score's likelihood ratio (unmatched views: ratio 1)."""
+        self._prior = self.belief.copy()
+        self._llr = np.zeros(self.n)
         if rows.size == 0:
             return
         floor = float(scores.min())
@@ -347,6 +352,8 @@ class SequenceLocalizer:
         eps = self.config.outlier_probability
         llr = np.logaddexp(math.log1p(-eps) + llr, math.log(eps))
         top = max(float(llr.max()), 0.0)
+        self._prior = self.belief.copy()
+        self._llr = llr
         self.belief = self.belief * np.exp(llr - top)
         self.unmatched = self.unmatched * math.exp(-top)
         total = self.belief.sum() + self.unmatched.sum()
@@ -369,7 +376,9 @@ class SequenceLocalizer:
         mass = float(where[near].sum())
         matched = float(self.belief[near].sum())
         off = self.off_map
-        if mass >= cfg.fix_mass and matched >= cfg.matched_share * mass:
+        prior = self._prior[near]
+        agrees = float((prior * np.exp(self._llr[near])).sum()) >= float(prior.sum())
+        if mass >= cfg.fix_mass and matched >= cfg.matched_share * mass and agrees:
             fix = self._fix(near, where, rows, scores, best)
             reason = f"converged: {100 * mass:.1f}% of the belief within fix_radius_m={cfg.fix_radius_m:g} of place " \
                      f"{int(self.place_ids[best])}, {100 * matched / mass:.0f}% of it matching the frames"
@@ -378,7 +387,10 @@ class SequenceLocalizer:
             reason = f"lost: {100 * off:.1f}% of the belief says the frames match no map place " \
                      "(off the map, kidnapped, or an unfamiliar view)"
             return SequenceDecision(None, LOST, reason, mass, off, odometry_used)
-        if mass >= cfg.fix_mass:
+        if mass >= cfg.fix_mass and not agrees:
+            reason = "searching: the belief is concentrated but this frame scores its places no better than " \
+                     "unrelated ones (disagreement: kidnapped, off the map, or a poor view)"
+        elif mass >= cfg.fix_mass:
             reason = f"searching: the belief is concentrated but only {100 * matched / mass:.0f}% of it matches the " \
                      f"frames (matched_share={cfg.matched_share:g}): the frames stopped agreeing with it"
         else:
