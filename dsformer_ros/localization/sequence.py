@@ -10,8 +10,10 @@ probability per map place plus one "off the map" state, updated with every frame
   over all places (the robot may have been carried elsewhere: a kidnap);
 - a measurement step: each retrieved place's score becomes a likelihood ratio through the map's fitted
   `SimilarityModel` (dsformer_ros.maps.similarity), relative to the frame's own negative level; places not retrieved
-  get the ratio of the last retrieved score (an upper bound), the off-map state a ratio of 1. The ratio is mixed
-  with `outlier_probability` (a view that matches nothing), so one bad frame cannot erase a well-supported belief.
+  get the ratio of the last retrieved score (an upper bound), unmatched views a ratio of 1. The ratio is mixed
+  with `outlier_probability` (a view that matches nothing) and the map's fitted alias rate (an unrelated place that
+  looks the same), so one frame can neither erase a well-supported belief nor create one: a sequence of agreeing
+  frames is needed.
 
 Why places and not particles in UTM: a camera can only say "this looks like place j", so the measurement is defined
 on places; the places already are the reachable, mapped poses with a heading (no particles wasted off the streets,
@@ -73,7 +75,7 @@ class SequenceConfig:
         low=0.1, high=10000.0, section=SEQUENCE,
     )
     kidnap_probability: float = setting(
-        0.02, "Per frame: probability that the robot was carried elsewhere (spread uniformly over the map).",
+        0.001, "Per frame: probability that the robot was carried elsewhere (spread uniformly over the map).",
         low=0.0, high=0.5, section=SEQUENCE,
     )
     leave_probability: float = setting(
@@ -178,6 +180,7 @@ class SequenceLocalizer:
         self.floor_sigma_m = floor_sigma_m
         self.extent_sigma_m = max(model.place_sigma_m, floor_sigma_m)
         self.heading_sigma = math.radians(config.heading_tolerance_deg)
+        self.alias_rate = min(max(model.alias_rate, math.log(2.0) / self.n), 0.5)
         self.odometry = OdometryTrack(config.odometry_max_speed_mps, config.odometry_tolerance_s)
         self.frames = 0
         self.frames_without_odometry = 0
@@ -349,8 +352,8 @@ class SequenceLocalizer:
         if rows.size >= self.n:
             llr[:] = 0.0
         llr[rows] = self.model.log_likelihood_ratio(scores, reference, self.n)
-        eps = self.config.outlier_probability
-        llr = np.logaddexp(math.log1p(-eps) + llr, math.log(eps))
+        eps, alias = self.config.outlier_probability, self.alias_rate
+        llr = np.logaddexp(math.log1p(-eps) + llr, math.log(eps)) - np.logaddexp(math.log1p(-alias), math.log(alias) + llr)
         top = max(float(llr.max()), 0.0)
         self._prior = self.belief.copy()
         self._llr = llr

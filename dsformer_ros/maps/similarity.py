@@ -60,6 +60,8 @@ class SimilarityModel:
     keyframe_spacing_m: float
     positive_pairs: int
     negative_pairs: int
+    places: int = 0  # places of the map the model was fitted on (for the null level and the alias rate)
+    alias_rate: float = 0.0  # share of distant place pairs scoring above the null level: how often a view aliases
     profile_m: list[float] = dataclasses.field(default_factory=list)
     profile_similarity: list[float] = dataclasses.field(default_factory=list)
 
@@ -202,6 +204,9 @@ def fit_similarity(
     positives = pair_s[pair_d <= radius]
     if positives.shape[0] < MIN_PAIRS:
         positives = pair_s[np.argsort(pair_d)[:MIN_PAIRS]]
+    z = float(norm.isf(math.log(2.0) / max(n, 2)))
+    null = min(max(negative_std, 1e-3) * z, (float(positives.mean()) - negative_mean) / 2.0)
+    alias = max(float((neg - negative_mean > null).mean()), math.log(2.0) / n)
     model = SimilarityModel(
         positive_mean=float(positives.mean()),
         positive_std=float(max(positives.std(), 1e-3)),
@@ -213,6 +218,8 @@ def fit_similarity(
         keyframe_spacing_m=spacing,
         positive_pairs=int(positives.shape[0]),
         negative_pairs=int(neg.shape[0]),
+        places=int(n),
+        alias_rate=alias,
         profile_m=[round(c, 3) for c in centres],
         profile_similarity=[round(v, 5) for v in levels],
     )
