@@ -105,6 +105,10 @@ class SequenceConfig:
         0.5, "A fix also needs this share of the concentrated mass to match the recent frames (after a kidnap the "
         "old place stops matching: no fix from it).", low=0.0, high=1.0, section=SEQUENCE,
     )
+    agreement_evidence: float = setting(
+        0.0, "A fix also needs the current frame to favour the concentrated places over unrelated ones by this "
+        "log-likelihood ratio (prior-weighted); 0: merely not against them.", low=0.0, high=20.0, section=SEQUENCE,
+    )
     lateral_sigma_m: float = setting(
         2.5, "Across the road (m, 1 sigma): where a car can be on the road of the place it matches (lanes); added "
         "to the fix covariance perpendicular to the heading, isotropically when the heading is unknown.",
@@ -298,7 +302,8 @@ class SequenceLocalizer:
         unit = np.column_stack([np.cos(yaw_k), np.sin(yaw_k)])
         if motion is not None:
             # A robot off a place's line (another lane) by up to the place's extent moves differently in a turn.
-            sigma = cfg.odometry_noise_m + cfg.odometry_noise_fraction * motion.distance \
+            # The places' own positions are known to about a keyframe spacing (GPS noise of the mapping drive).
+            sigma = cfg.odometry_noise_m + cfg.odometry_noise_fraction * motion.distance + self.spacing_m \
                 + self.extent_sigma_m * abs(motion.dyaw)
             offset = np.column_stack([unit[:, 0] * motion.dx - unit[:, 1] * motion.dy,
                                       unit[:, 1] * motion.dx + unit[:, 0] * motion.dy])
@@ -380,7 +385,7 @@ class SequenceLocalizer:
         matched = float(self.belief[near].sum())
         off = self.off_map
         prior = self._prior[near]
-        agrees = float((prior * np.exp(self._llr[near])).sum()) >= float(prior.sum())
+        agrees = float((prior * np.exp(self._llr[near])).sum()) >= math.exp(cfg.agreement_evidence) * float(prior.sum())
         if mass >= cfg.fix_mass and matched >= cfg.matched_share * mass and agrees:
             fix = self._fix(near, where, rows, scores, best)
             reason = f"converged: {100 * mass:.1f}% of the belief within fix_radius_m={cfg.fix_radius_m:g} of place " \
