@@ -285,3 +285,17 @@ def map_similarity(place_map: "PlaceMap") -> SimilarityModel:
     log.warning("the map has no similarity section (built before sequence localization); fitted it at load in "
                 "%.1f s; store it with: dsformer-vpr fit-similarity MAP", time.monotonic() - started)
     return model
+
+
+def attach_similarity(place_map: "PlaceMap") -> SimilarityModel | None:
+    """Fit the model of a map about to be saved into its manifest; None (logged) when the map cannot give one."""
+    try:
+        model = fit_map_similarity(place_map)
+    except SimilarityFitError as exc:
+        log.warning("no similarity model stored in the map (sequence localization will refuse it): %s", exc)
+        return None
+    place_map.manifest.similarity = model.to_manifest()
+    log.info("similarity model: positives %.3f +- %.3f, negatives %.3f +- %.3f, place sigma %.1f m, alias rate %.4f",
+             model.positive_mean, model.positive_std, model.negative_mean, model.negative_std, model.place_sigma_m,
+             model.alias_rate)
+    return model
