@@ -38,6 +38,7 @@ NS = 1_000_000_000
 PROBE_RETRY_S = 3.0
 STOP_TIMEOUT_S = 30.0
 POSE_GRACE_S = 1.0
+ODOMETRY_LEAD_S = 0.05
 _LOG_TAIL = 3000
 
 
@@ -287,9 +288,12 @@ def replay_through_node(
                 if period:
                     time.sleep(max(0.0, last_sent + period - time.monotonic()))
                 results.stamp_ns[i] = stamp
+                sent = k
                 while k < len(odometry) and odometry[k].stamp_ns <= stamp:
                     driver.publish_odometry(odometry[k])
                     k += 1
+                if k > sent:  # let the odometry arrive before the frame, as it would in a live robot
+                    driver.spin_until(lambda: False, ODOMETRY_LEAD_S, alive)
                 sent_at[i] = last_sent = driver.publish_frame(stamp, payload)
                 if not driver.spin_until(lambda: stamp in driver.answers, cfg.frame_timeout_s, alive):
                     timeouts += 1
