@@ -1,32 +1,36 @@
 """Sequence localization: a discrete Bayes filter over the map's places, moved by odometry, weighed by retrieval.
 
-SeqSLAM's insight, that a sequence of weak matches is a strong match, in probabilistic form: the belief is a
-probability per map place plus one "off the map" state, updated with every frame by
+SeqSLAM's insight, that a sequence of weak matches is a strong match, in probabilistic form. The belief has three
+parts: per map place, "here and the view matches the map" (`belief`) and "here but the view matches nothing"
+(`unmatched`: night, glare, a truck; it keeps the position), plus one "off the map" mass (`lost`: no position). Every
+frame updates it by
 - a motion step: the mass of place i moves to the places near where i's pose composed with the odometry motion
-  lands, weighted by position (Gaussian, noise growing with distance) and by heading agreement (a place is a view:
-  its map heading is the robot's heading). Without odometry the robot may have moved any distance up to
-  `max_speed_mps * dt` forward (SeqSLAM's velocity search). Mass whose prediction finds no place with a compatible
-  heading leaves the map. Hazards move a little mass every frame to the off-map state and back, and spread a little
-  over all places (the robot may have been carried elsewhere: a kidnap);
+  lands, weighted by position (Gaussian; noise grows with distance, turns and the places' own GPS noise) and by
+  heading agreement (a place is a view: its heading, the direction of its mapping drive, is the robot's heading).
+  Without odometry the robot may have moved any distance up to `max_speed_mps * dt` forward (SeqSLAM's velocity
+  search). Mass whose prediction finds no place with a compatible heading leaves the map. Hazards move a little
+  mass between matched and unmatched, and spread a little over all places (the robot may have been carried
+  elsewhere, or come back onto the map: `kidnap_probability`);
 - a measurement step: each retrieved place's score becomes a likelihood ratio through the map's fitted
   `SimilarityModel` (dsformer_ros.maps.similarity), relative to the frame's own negative level; places not retrieved
-  get the ratio of the last retrieved score (an upper bound), unmatched views a ratio of 1. The ratio is mixed
-  with `outlier_probability` (a view that matches nothing) and the map's fitted alias rate (an unrelated place that
-  looks the same), so one frame can neither erase a well-supported belief nor create one: a sequence of agreeing
-  frames is needed.
+  get the ratio of the last retrieved score (an upper bound), unmatched and off-map mass a ratio of 1. The ratio is
+  mixed with `outlier_probability` (a view that matches nothing) and the map's fitted alias rate (an unrelated place
+  that looks the same), so one frame can neither erase a well-supported belief nor create one: a sequence of
+  agreeing frames is needed.
 
 Why places and not particles in UTM: a camera can only say "this looks like place j", so the measurement is defined
 on places; the places already are the reachable, mapped poses with a heading (no particles wasted off the streets,
-no resampling noise, deterministic results), and the off-map state gives unknown places an explicit probability
+no resampling noise, deterministic results), and the off-map mass gives unknown places an explicit probability
 instead of starving a particle cloud. The cost is proportional to the places holding more than the background mass
 (places at the uniform kidnap level stay where they are), not to the map's size.
 
-A fix is published only when the belief is concentrated: at least `fix_mass` of the whole belief within
-`fix_radius_m` of the best place, at least `matched_share` of it matching the frames, and the current frame scoring
-those places better than unrelated ones on average (so the first frame after a kidnap gives no fix). Its covariance is the spread of that mass plus the map's visual
-resolution (`place_sigma_m` of the fit, never below half the keyframe spacing) on x and y, and the circular spread
-of the places' headings for yaw. States: converged (a fix), searching (belief spread over the map), lost (most of
-the belief off the map: the frames match no place).
+A fix is published only when the belief is concentrated: at least `fix_mass` of the whole belief (matched and
+unmatched) within `fix_radius_m` of the best place, at least `matched_share` of it matching the frames, and the
+current frame scoring those places better than unrelated ones (`agreement_evidence`; so the first frame after a
+kidnap gives no fix). Its covariance is the weighted spread of that mass plus half the keyframe spacing (the map's
+resolution: never below it) on x and y, plus `lateral_sigma_m` across the heading (the lanes of a road); yaw from
+the circular spread of the places' headings. States: converged (a fix), searching (not concentrated, or the frames
+stopped agreeing), lost (most of the belief unmatched or off the map: the frames match no place).
 """
 from __future__ import annotations
 
@@ -201,9 +205,10 @@ class SequenceLocalizer:
             self.resets += 1
 
     def _clear(self) -> None:
-        """Half the belief uniform over the places, half unmatched; no previous frame."""
+        """Half the belief uniform over the places, half off the map; no previous frame."""
         self.belief = np.full(self.n, 0.5 / self.n)
-        self.unmatched = np.full(self.n, 0.5 / self.n)
+        self.unmatched = np.zeros(self.n)
+        self.lost = 0.5
         self._prior = self.belief.copy()
         self._llr = np.zeros(self.n)
         self.frames_since_reset = 0
@@ -217,7 +222,7 @@ class SequenceLocalizer:
     @property
     def off_map(self) -> float:
         """Share of the belief whose views match no map place (off the map, kidnapped, unfamiliar views)."""
-        return float(self.unmatched.sum())
+        return float(self.unmatched.sum() + self.lost)
 
     def status(self) -> dict[str, float | int | str]:
         """Counters and the last state for diagnostics."""
@@ -284,12 +289,14 @@ class SequenceLocalizer:
             lost += leaked
         matched, unmatched = moved
         leave, kidnap, back = cfg.leave_probability, cfg.kidnap_probability, cfg.return_probability
-        total = matched.sum() + unmatched.sum() + lost
+        total = matched.sum() + unmatched.sum() + self.lost + lost
         self.belief = matched * (1.0 - leave - kidnap) + back * unmatched + kidnap * total / self.n
-        self.unmatched = unmatched * (1.0 - back - kidnap) + leave * matched + lost / self.n
-        norm = self.belief.sum() + self.unmatched.sum()
+        self.unmatched = unmatched * (1.0 - back - kidnap) + leave * matched
+        self.lost = (self.lost + lost) * (1.0 - kidnap)
+        norm = self.belief.sum() + self.unmatched.sum() + self.lost
         self.belief /= norm
         self.unmatched /= norm
+        self.lost /= norm
 
     def _transition(
         self, sources: np.ndarray, mass: np.ndarray, motion: Motion | None, dt_s: float | None
@@ -364,12 +371,14 @@ class SequenceLocalizer:
         self._llr = llr
         self.belief = self.belief * np.exp(llr - top)
         self.unmatched = self.unmatched * math.exp(-top)
-        total = self.belief.sum() + self.unmatched.sum()
+        self.lost = self.lost * math.exp(-top)
+        total = self.belief.sum() + self.unmatched.sum() + self.lost
         if not total > 0 or not math.isfinite(total):
             self._clear()
             return
         self.belief /= total
         self.unmatched /= total
+        self.lost /= total
 
     def _decide(self, rows: np.ndarray, scores: np.ndarray, odometry_used: bool) -> SequenceDecision:
         """Fix when the belief is concentrated and the frames agree with it; state and reason either way."""
