@@ -30,6 +30,7 @@ def plot_error_vs_sigma(runs: dict[str, tuple[np.ndarray, np.ndarray]], path: Pa
     ax.axhline(radius_m, color="0.5", ls=":", lw=1, label=f"{radius_m:g} m")
     ax.set_xlim(0.0, upper)
     ax.set_yscale("symlog", linthresh=10.0)
+    ax.set_ylim(bottom=0.0)
     ax.set_xlabel("reported 1-sigma of the fix (m)")
     ax.set_ylabel("error against ground truth (m)")
     ax.set_title("Is the covariance honest? (points below the dashed line: inside the 95 % ellipse)")
