@@ -31,3 +31,7 @@ def test_small_demo_trained_model_beats_baselines(tmp_path: Path) -> None:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert set(report["timings_s"]) >= {"synth drives", "train", "build map (trained)", "replay trained (node)", "total"}
     assert "R@1 %" in format_table({}, cfg.recall_ns)
+    runs = report["localization"]["runs"]
+    assert set(runs) == {f"{d}/{k}" for d in ("query", "kidnapped", "off map") for k in ("single_frame", "sequence")}
+    assert all("calibration" in m for m in runs.values())
+    assert "query/sequence" in report["localization"]["table"] and "error_vs_sigma.png" in report["figures"]

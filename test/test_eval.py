@@ -267,3 +267,20 @@ def test_bad_configuration_is_named(tmp_path: Path) -> None:
         EvalConfig(method="sift", out=str(tmp_path)).validate()
     with pytest.raises(DatasetError, match="does not exist"):
         read_index_folders(tmp_path / "nowhere")
+
+
+def test_sequence_localizer_on_the_ordered_corridor(corridor: Path, tmp_path: Path) -> None:
+    """--localizer sequence: the corridor queries in order through the sequence filter beat each query alone."""
+    from dsformer_ros.localization.sequence import SequenceConfig
+
+    cfg = EvalConfig(dataset=DatasetConfig(format="folders", root=str(corridor)), method="raw_pixels", device="cpu",
+                     out=str(tmp_path / "seq"), use_cache=False, figures=False, localizer="sequence",
+                     sequence=SequenceConfig(max_step_m=2.0))
+    result = evaluate(cfg)["methods"]["raw_pixels"]
+    sequence = result["sequence"]
+    assert sorted(sequence["recall"]) == sorted(result["recall"])
+    assert len(sequence["correct_at_1"]) == len(sequence["top_1"]) == 111
+    assert sequence["recall"]["1"] > result["recall"]["1"], (sequence["recall"], result["recall"])
+    single = evaluate(EvalConfig(dataset=DatasetConfig(format="folders", root=str(corridor)), method="raw_pixels",
+                                 device="cpu", out=str(tmp_path / "single"), use_cache=False, figures=False))
+    assert single["methods"]["raw_pixels"]["sequence"] is None

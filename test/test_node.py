@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import math
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from nav_msgs.msg import Odometry  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2  # noqa: E402
@@ -274,6 +276,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory, traversals: Path, repo_root
         "truth": truth,
         "n_places": n,
         "repo_root": repo_root,
+        "traversals": traversals,
     }
 
 
@@ -301,6 +304,7 @@ def running(assets: dict[str, Any], client: RosClient) -> dict[str, Any]:
         checkpoint=str(assets["dir"] / "model.pt"),
         map_path=str(assets["dir"] / "map"),
         device="cpu",
+        mode="single_frame",
         top_k=TOP_K,
         score_threshold=assets["score_threshold"],
         agreement_radius_m=AGREEMENT_RADIUS_M,
@@ -497,6 +501,81 @@ def test_30hz_stream_keeps_up_by_dropping_with_flat_memory(
     assert late - early < 25.0, f"memory grew from {early:.0f} to {late:.0f} MiB during the stream"
 
 
+def odometry_msg(sec: float, x: float, y: float = 0.0, yaw: float = 0.0) -> Odometry:
+    """A nav_msgs/Odometry pose in frame odom."""
+    msg = Odometry()
+    msg.header.stamp = Time(sec=int(sec), nanosec=int(round((sec % 1) * 1e9)))
+    msg.header.frame_id, msg.child_frame_id = "odom", "base_link"
+    msg.pose.pose.position.x, msg.pose.pose.position.y = float(x), float(y)
+    msg.pose.pose.orientation.z, msg.pose.pose.orientation.w = math.sin(yaw / 2), math.cos(yaw / 2)
+    return msg
+
+
+def test_sequence_mode_tracks_the_traversal_with_odometry_and_counts_bad_odometry(
+    assets: dict[str, Any], repo_root: Path
+) -> None:
+    """mode sequence with Odometry over DDS: fixes near the truth, bad odometry counted, ~/relocalize resets."""
+    name = "/sequence/vpr_node"
+    params = write_params(
+        assets["dir"] / "sequence.yaml", repo_root, autostart=True, checkpoint=str(assets["dir"] / "model.pt"),
+        map_path=str(assets["dir"] / "map"), device="cpu", mode="sequence", image_topic="/sequence/camera",
+        odometry_topic="/sequence/odom", diagnostics_period_s=DIAG_PERIOD_S, no_fix_warn_s=0.0, warmup_iterations=0,
+        publish_markers=False, max_speed_mps=4.0,
+    )
+    ros = RosClient("vpr_sequence_client")
+    for msg_type, topic in ((PointCloud2, f"{name}/candidates"), (PoseWithCovarianceStamped, f"{name}/pose"),
+                            (DiagnosticArray, "/diagnostics")):
+        ros.subscribe(msg_type, topic)
+    node = NodeProcess(params, assets["dir"] / "sequence.log", "-r", "__ns:=/sequence")
+    indices = list(range(0, 111, 2))
+    try:
+        images = ros.node.create_publisher(Image, "/sequence/camera", qos_profile_sensor_data)
+        odometry = ros.node.create_publisher(Odometry, "/sequence/odom", 50)
+        ros.wait_for(lambda: images.get_subscription_count() > 0 and odometry.get_subscription_count() > 0,
+                     START_TIMEOUT_S, "the node to subscribe to images and odometry", node)
+        for k, index in enumerate(indices):
+            sec = 3000 + k
+            if k == 10:
+                odometry.publish(odometry_msg(sec - 0.25, math.nan))
+                odometry.publish(odometry_msg(sec - 5.0, 1.03 * index))  # time going backwards
+                odometry.publish(odometry_msg(sec - 0.25, 5000.0, -3000.0))  # a jump of kilometres
+            for t, i in ((sec, index), (sec + 0.5, index + 1)):
+                odometry.publish(odometry_msg(t, 1.03 * i))  # wheels 3 % long, in their own frame
+            frame = image_msg(read_image(assets["traversals"] / "query" / f"{index:07d}.jpg"), sec)
+            images.publish(frame)
+            if k == 0:  # sensor-data QoS is best effort: the very first frame may go before the match completes
+                ros.wait_for(lambda: stamped(ros.messages(f"{name}/candidates"), sec)
+                             or images.publish(frame), ANSWER_TIMEOUT_S, "the first frame answered", node)
+            ros.wait_for(lambda: stamped(ros.messages(f"{name}/candidates"), sec), ANSWER_TIMEOUT_S,
+                         f"candidates of frame {sec}", node)
+        last = 3000 + len(indices) - 1
+        diag = ros.wait_for(lambda: (d := latest_diag(ros, name)) and d.get("last_frame_stamp") == f"{last}.000000000"
+                            and d, ANSWER_TIMEOUT_S, "diagnostics of the last frame", node)
+        poses = {m.header.stamp.sec - 3000: m for _, m in ros.messages(f"{name}/pose")}
+        response = ros.call(Trigger, f"{name}/relocalize", Trigger.Request())
+        after = ros.wait_for(lambda: (d := latest_diag(ros, name)) and d.get("sequence_resets") == "1" and d,
+                             ANSWER_TIMEOUT_S, "the reset in diagnostics", node)
+    finally:
+        code = node.stop()
+        ros.close()
+    assert code == 0, node.log()
+    assert diag["mode"] == "sequence" and diag["odometry_topic"] == "/sequence/odom"
+    assert diag["odometry_rejected_nonfinite"] == "1", diag
+    assert diag["odometry_rejected_time_not_increasing"] == "1", diag
+    assert diag["odometry_rejected_jump"] == "1", diag
+    assert int(diag["odometry_received"]) == 2 * len(indices) + 3
+    assert int(diag["sequence_frames_without_odometry"]) == 0
+    assert len(poses) >= len(indices) / 2, f"only {len(poses)} fixes of {len(indices)} frames:\n{diag}"
+    for k, pose in poses.items():
+        truth = EASTING0 + indices[k]
+        position = pose.pose.pose.position
+        cov = np.asarray(pose.pose.covariance).reshape(6, 6)
+        assert abs(position.x - truth) <= 8.0 and abs(position.y - NORTHING0) <= 1.0, (k, position.x - truth)
+        assert np.linalg.eigvalsh(cov[:2, :2]).min() >= 1.0 - 1e-9  # never below the map's resolution (2 m / 2)
+    assert response.success and "reset" in response.message
+    assert after["sequence_state"] in ("searching", "converged", "lost")
+
+
 def test_lifecycle_transitions_compressed_input_and_relocalize(assets: dict[str, Any], repo_root: Path) -> None:
     """autostart false: configure/activate/deactivate/cleanup/shutdown through the lifecycle services; JPEG input;
     the temporal filter refuses a jump until ~/relocalize clears it (score and agreement checks accept every frame).
@@ -512,6 +591,7 @@ def test_lifecycle_transitions_compressed_input_and_relocalize(assets: dict[str,
         image_topic="/camera/image_raw/compressed",
         diagnostics_period_s=DIAG_PERIOD_S,
         warmup_iterations=0,
+        mode="single_frame",
         score_threshold=-1.0,
         min_agreeing=1,
         temporal_window=3,

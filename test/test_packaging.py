@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from ros_install import SITE_PACKAGES, copy_source, ros_env
 
-
 # rosdep keys of the dependencies (ros/rosdistro rosdep/*.yaml and the ROS 2 Kilted packages), kept here because
 # the tests run without network: a key outside this list makes `rosdep install --from-paths` fail on a robot.
 ROSDEP_KEYS = {

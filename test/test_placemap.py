@@ -399,3 +399,25 @@ def test_manifest_json_round_trip(saved: tuple[PlaceMap, Path]) -> None:
     assert manifest == original.manifest
     assert manifest.index_config() == IndexConfig()
     assert manifest.preprocessing == {"resize": [224, 224], "normalize": "imagenet"}
+
+
+def test_old_manifest_without_similarity_loads_and_gets_one_stored(tmp_path: Path, rng: np.random.Generator) -> None:
+    from dsformer_ros.maps.similarity import SimilarityModel, map_similarity
+    from training.maps.fit_similarity import store_similarity
+
+    n = 120
+    phase = np.linspace(0.0, 12.0, n)[:, None] * np.linspace(0.5, 1.5, 32)[None, :]
+    descriptors = np.cos(phase + rng.uniform(0, 6.3, 32)).astype(np.float32)
+    descriptors /= np.linalg.norm(descriptors, axis=1, keepdims=True)
+    place_map = build(descriptors, meta=metadata(n, spacing=2.0))
+    place_map.save(tmp_path / "map")
+    manifest = json.loads((tmp_path / "map" / "manifest.json").read_text())
+    del manifest["similarity"]  # a map written before the section existed
+    (tmp_path / "map" / "manifest.json").write_text(json.dumps(manifest))
+    old = PlaceMap.load(tmp_path / "map")
+    assert old.manifest.similarity == {}
+    fitted = map_similarity(old)  # fitted at load
+    stored = store_similarity(tmp_path / "map")
+    again = PlaceMap.load(tmp_path / "map")  # checksums still hold: only the manifest was rewritten
+    assert SimilarityModel.from_manifest(again.manifest.similarity) == stored == fitted
+    assert stored.positive_mean > stored.negative_mean

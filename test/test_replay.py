@@ -25,6 +25,28 @@ from training.synth.drive import write_drive
 FRAMES = 24
 
 
+def test_calibration_by_hand() -> None:
+    """Coverage of the fix ellipses, first fix, kidnap recovery and fixes off the map on a hand-made drive."""
+    from training.replay.calibration import calibration_metrics, find_jump
+
+    r = ReplayResults.empty_like(8, 1)
+    r.stamp_ns[:] = np.arange(8) * 1_000_000_000
+    r.gt_xy[:] = [[0, 0], [4, 0], [8, 0], [12, 0], [300, 0], [304, 0], [308, 0], [900, 0]]  # jump at 4; 7 off the map
+    r.accepted[:] = [False, True, True, True, False, False, True, True]
+    r.fix_xy[:] = [[np.nan] * 2, [5, 0], [8, 3], [12, 0.5], [np.nan] * 2, [np.nan] * 2, [309, 0], [890, 0]]
+    for i in np.flatnonzero(r.accepted):
+        r.fix_cov_xy[i] = np.diag([4.0, 1.0])  # sigma 2 m east, 1 m north
+    map_xy = np.column_stack([np.arange(0.0, 400.0, 2.0), np.zeros(200)])
+    cal = calibration_metrics(r, map_xy, 25.0)
+    # normalised errors: 0.5, 3.0, 0.5, 0.5, 5.0 -> 3 of 5 within 1 sigma and within the 95 % ellipse (2.45)
+    assert cal["inside_1sigma"] == pytest.approx(3 / 5) and cal["inside_95"] == pytest.approx(3 / 5)
+    assert cal["median_normalised_error"] == pytest.approx(0.5)
+    assert cal["first_fix"] == {"frame": 1, "distance_m": 4.0, "time_s": 1.0}
+    assert find_jump(r) == 4
+    assert cal["kidnap"]["frame"] == 4 and cal["kidnap"]["recovered_after_m"] == pytest.approx(8.0)
+    assert cal["fixes_off_map"] == 1 and cal["frames_off_map"] == 1
+
+
 def test_metrics_by_hand() -> None:
     """Recall, fix precision/availability and percentiles on a hand-made 4-frame result."""
     r = ReplayResults.empty_like(4, 3)
@@ -73,7 +95,8 @@ def drive_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _config(setup: dict[str, Path], mode: str) -> ReplayConfig:
     return ReplayConfig(bag=str(setup["query"]), map=str(setup["map"]), checkpoint=str(setup["checkpoint"]),
                         image_topic="/camera/image_raw/compressed", mode=mode, recall_ns=[1, 5], device="cpu",
-                        out=str(setup["root"] / f"report_{mode}"), threads=1)
+                        out=str(setup["root"] / f"report_{mode}"), threads=1, localizer="sequence",
+                        odometry_topic="/odom/wheel")
 
 
 def test_offline_and_node_agree(drive_setup: dict[str, Path]) -> None:
@@ -158,7 +181,10 @@ def test_report_and_figures(drive_setup: dict[str, Path]) -> None:
     assert m["fix"]["accepted"] == int(r.accepted.sum())
     assert m["latency_ms"]["p50"] == pytest.approx(1000.0 * float(np.median(r.latency_s)))
     # figures: PNGs of the expected size whose marks match the numbers
-    assert report["figures"] == ["trajectory.png", "recall.png", "errors.png"]
+    assert report["localizer"]["mode"] == "sequence"
+    cal = m["calibration"]
+    assert set(cal) >= {"inside_1sigma", "inside_95", "median_normalised_error", "fixes_off_map", "first_fix"}
+    assert report["figures"] == ["trajectory.png", "recall.png", "errors.png", "error_vs_sigma.png"]
     images = {name: cv2.imread(str(out / name)) for name in report["figures"]}
     for name, image in images.items():
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image is not None, name

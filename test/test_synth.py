@@ -112,7 +112,8 @@ def test_drive_bag_reads_back(tmp_path, storage, compressed):
         counts = {c.topic: c.msgcount for c in reader.connections}
         types = {c.topic: c.msgtype for c in reader.connections}
         image_topic = "/camera/image_raw/compressed" if compressed else "/camera/image_raw"
-        assert counts == {image_topic: 12, "/camera/camera_info": 12, "/odom/ground_truth": 12, "/gps/fix": 6}
+        assert counts == {image_topic: 12, "/camera/camera_info": 12, "/odom/ground_truth": 12, "/gps/fix": 6,
+                          "/odom/wheel": 23}
         assert types[image_topic] == ("sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image")
         odom, fixes, stamps = [], [], []
         for conn, t, raw in reader.messages():
@@ -179,3 +180,69 @@ def test_writer_refuses_existing_path_and_bad_images(tmp_path):
             w.write_image(1, np.zeros((4, 4), np.uint8))
     assert not (tmp_path / "failed").exists()  # a failed bag leaves nothing behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
+
+
+def _odometry(bag: Path, topic: str) -> np.ndarray:
+    """(T, 4) stamp s, x, y, yaw of an odometry topic."""
+    with AnyReader([bag], default_typestore=get_typestore(Stores.ROS2_KILTED)) as reader:
+        conns = [c for c in reader.connections if c.topic == topic]
+        rows = []
+        for conn, t, raw in reader.messages(connections=conns):
+            m = reader.deserialize(raw, conn.msgtype)
+            q = m.pose.pose.orientation
+            rows.append((t / 1e9, m.pose.pose.position.x, m.pose.pose.position.y, 2 * math.atan2(q.z, q.w)))
+    return np.array(rows)
+
+
+def test_wheel_odometry_drifts_in_its_own_frame(tmp_path):
+    cfg = small_cfg(tmp_path, frames=40, fps=4.0, out=str(tmp_path / "bag"), odometry_scale_error=0.05,
+                    odometry_heading_drift_deg_per_m=0.5)
+    write_drive(cfg)
+    wheel = _odometry(tmp_path / "bag", "/odom/wheel")
+    truth = _odometry(tmp_path / "bag", "/odom/ground_truth")
+    assert wheel[0, 1:3].tolist() == [0.0, 0.0] and wheel[0, 3] == 0.0
+    wheel_length = np.hypot(*np.diff(wheel[:, 1:3], axis=0).T).sum()
+    true_length = np.hypot(*np.diff(truth[:, 1:3], axis=0).T).sum()
+    assert wheel_length == pytest.approx(true_length * 1.05, rel=0.02)
+    true_turn = np.unwrap(truth[:, 3])[-1] - truth[0, 3]
+    wheel_turn = np.unwrap(wheel[:, 3])[-1]
+    assert wheel_turn - true_turn == pytest.approx(math.radians(0.5) * wheel_length, abs=0.1)
+    again = tmp_path / "again"
+    write_drive(small_cfg(tmp_path, frames=40, fps=4.0, out=str(again), odometry_scale_error=0.05,
+                          odometry_heading_drift_deg_per_m=0.5))
+    assert np.array_equal(_odometry(again, "/odom/wheel"), wheel)
+
+
+def test_kidnapped_drive_jumps_but_its_odometry_does_not(tmp_path):
+    cfg = small_cfg(tmp_path, frames=20, fps=2.0, out=str(tmp_path / "bag"), kidnap_at_m=40.0, kidnap_skip_m=150.0)
+    write_drive(cfg)
+    truth = _odometry(tmp_path / "bag", "/odom/ground_truth")
+    wheel = _odometry(tmp_path / "bag", "/odom/wheel")
+    true_steps = np.hypot(*np.diff(truth[:, 1:3], axis=0).T)
+    assert (true_steps > 20.0).sum() == 1 and int(np.argmax(true_steps)) == 9  # 40 m at 4 m per frame
+    wheel_steps = np.hypot(*np.diff(wheel[:, 1:3], axis=0).T)
+    assert wheel_steps.max() < 1.0  # 20 Hz at 8 m/s: 0.4 m per step, never the jump
+
+
+def test_off_map_drive_leaves_the_route_for_unused_streets(tmp_path):
+    from training.synth.drive import plan_drive, town_of
+    from training.synth.routes import detour_route, make_route
+
+    cfg = small_cfg(tmp_path, blocks_x=4, blocks_y=4, route_seed=2, length_m=600.0, frames=0)
+    town = town_of(cfg)
+    route = make_route(town, "random", 2, 600.0)
+    detour = detour_route(town, route, 100.0, 600.0, seed=0)
+    used = {frozenset(e) for e in zip(route[:-1], route[1:])}
+    prefix = 0
+    while detour[prefix + 1] == route[prefix + 1]:
+        prefix += 1
+    assert prefix >= 1
+    later = [frozenset(e) for e in zip(detour[prefix:-1], detour[prefix + 1:])]
+    assert sum(e not in used for e in later) > len(later) / 2
+    mapped, _ = plan_drive(cfg, town)
+    off, _ = plan_drive(small_cfg(tmp_path, blocks_x=4, blocks_y=4, route_seed=2, length_m=600.0, frames=0,
+                                  off_map_after_m=100.0), town)
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(np.column_stack([mapped.x, mapped.y])).query(np.column_stack([off.x, off.y]))
+    assert d[off.s < 90.0].max() < 1.0 and d.max() > 40.0

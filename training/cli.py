@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("training.eval.cli", "Recall@N of a model or baseline on a VPR dataset, with a report"),
     "bench-map": ("training.maps.bench_map", "time map search (exact, HNSW, IVF) on 10k to 1M places"),
     "build-map": ("training.maps.build_map", "build a reference map from a drive log (rosbag2, ROS 1 bag) or '@' folder"),
+    "fit-similarity": ("training.maps.fit_similarity", "store the sequence localizer's measurement model in a map"),
     "merge-maps": ("training.maps.merge_maps", "merge map shards built with --shard i/n into one map"),
     "partition": ("training.partition.cli", "block-clustering (or grid) partition of geo-tagged positions"),
     "bench-partition": ("training.partition.bench", "time the block and grid partitions on 100k to 3.4M positions"),

@@ -7,7 +7,10 @@
 3. build-map: from the mapping bag with the trained checkpoint, and with the untrained starting point of training;
 4. replay: the query bag through the running node (trained model), offline for the baselines (untrained model,
    raw pixels on the same places);
-5. a table (Recall@1/5/10, accepted-fix precision, latency p50/p95) and `<out>/report.json` with figures.
+5. a table (Recall@1/5/10, accepted-fix precision, latency p50/p95) and `<out>/report.json` with figures;
+6. localization: the query drive, a kidnapped and an off-map drive (all with drifting wheel odometry) replayed
+   offline with the single_frame and the sequence localizer, the issue-11 goals side by side (`demo_localization`)
+   and `error_vs_sigma.png`.
 """
 from __future__ import annotations
 
@@ -29,6 +32,14 @@ from dsformer_ros.common.config import ConfigError, load_config, to_dict
 from dsformer_ros.common.params import setting
 from dsformer_ros.model.checkpoint import read_checkpoint, save_checkpoint
 from dsformer_ros.model.loading import untrained_model
+from training.demo_localization import (
+    FIGURE,
+    ODOMETRY_TOPIC,
+    compare_localizers,
+    error_vs_sigma_figure,
+    localization_table,
+    special_drives,
+)
 from training.eval.plots import plot_recall_curves
 from training.maps.build_map import BuildMapConfig, build_map
 from training.replay.config import ReplayConfig
@@ -142,10 +153,12 @@ def make_drives(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     mapping = _drive(cfg, cfg.reuse, route="random", route_seed=cfg.route_seed, condition=cfg.map_condition,
                      lane_offset_m=1.75, length_m=cfg.route_length_m, fps=cfg.map_fps, drive_seed=1,
                      out=str(out / "bags" / f"mapping_{cfg.map_condition}"))
-    query = _drive(cfg, cfg.reuse, route="random", route_seed=cfg.route_seed, condition=cfg.query_condition,
-                   lane_offset_m=cfg.query_lane_offset_m, length_m=cfg.route_length_m, fps=cfg.query_fps, drive_seed=2,
-                   start_time_s=1_700_003_600.0, out=str(out / "bags" / f"query_{cfg.query_condition}"))
-    return {"train_dirs": train_dirs, "mapping_bag": mapping, "query_bag": query}
+    query_fields = dict(route="random", route_seed=cfg.route_seed, condition=cfg.query_condition,
+                        lane_offset_m=cfg.query_lane_offset_m, length_m=cfg.route_length_m, fps=cfg.query_fps,
+                        drive_seed=2, start_time_s=1_700_003_600.0)
+    query = _drive(cfg, cfg.reuse, **query_fields, out=str(out / "bags" / f"query_{cfg.query_condition}"))
+    special = special_drives(lambda **f: _drive(cfg, cfg.reuse, **f), out, query_fields, cfg.route_length_m)
+    return {"train_dirs": train_dirs, "mapping_bag": mapping, "query_bag": query, **special}
 
 
 def train_config(cfg: DemoConfig, train_dirs: list[str], out: Path) -> TrainConfig:
@@ -203,7 +216,7 @@ def _replay_cfg(cfg: DemoConfig, query: str, map_dir: Path, checkpoint: Path | N
     method = {"method": "raw_pixels"} if checkpoint is None else {"checkpoint": str(checkpoint)}
     return ReplayConfig(bag=query, map=str(map_dir), image_topic=IMAGE_TOPIC, mode=mode, radius_m=cfg.radius_m,
                         recall_ns=list(cfg.recall_ns), device="cpu", name=name, threads=cfg.threads, out=str(out),
-                        **method)
+                        odometry_topic=ODOMETRY_TOPIC, **method)
 
 
 def table_rows(reports: dict[str, dict]) -> list[list[str]]:
@@ -271,6 +284,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     if cfg.check_offline:
         reports["trained (offline)"] = steps.run("replay trained (offline)", lambda: run_replay(
             _replay_cfg(cfg, query, map_trained, trained, "offline", "trained (offline)", replays / "trained_offline")))
+    drive_bags = {"query": query, "kidnapped": drives["kidnap_bag"], "off map": drives["off_map_bag"]}
+    localization = compare_localizers(_replay_cfg(cfg, query, map_trained, trained, "offline", "", replays),
+                                      drive_bags, replays / "localizers", steps.run)
     reports["trained"] = steps.run("replay trained (node)", lambda: run_replay(
         _replay_cfg(cfg, query, map_trained, trained, "node", "trained", replays / "trained_node")))
     order = ["trained", "trained (offline)", "untrained", "raw pixels"]
@@ -291,7 +307,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "inputs": {**drives, "checkpoint": str(trained), "untrained_checkpoint": str(untrained),
                    "map": str(map_trained), "untrained_map": str(map_untrained), "raw_pixels_map": str(map_raw)},
         "timings_s": {**steps.seconds, "total": round(time.perf_counter() - t0, 2)},
-        "figures": ["recall.png", *[f"replay/trained_node/{f}" for f in reports["trained"].get("figures", [])]],
+        "localization": {"table": localization_table(localization),
+                         "runs": {name: r["metrics"] for name, r in localization.items()}},
+        "figures": ["recall.png", error_vs_sigma_figure(localization, "query", out / FIGURE, cfg.radius_m),
+                    *[f"replay/trained_node/{f}" for f in reports["trained"].get("figures", [])]],
         "config": to_dict(cfg),
     }
     atomic_write_text(out / REPORT, json.dumps(report, indent=2, default=json_default) + "\n")
@@ -318,6 +337,8 @@ def run(args: argparse.Namespace) -> int:
     report = run_demo(cfg)
     print()
     print(report["table"])
+    print("\nlocalization (offline replays, trained model): single_frame vs sequence\n")
+    print(report["localization"]["table"])
     v = report["verdict"]
     print(f"\ntrained model beats both baselines on Recall@1: {'yes' if v['trained_beats_baselines'] else 'NO'} "
           f"(margins: {', '.join(f'{k} {100 * m:+.1f} pts' for k, m in v['margins'].items())})")

@@ -1,8 +1,10 @@
-"""Single-image localization against a reference map: model + map loaded and matched, then image -> candidates + fix.
+"""Localization against a reference map: model + map loaded and matched, then image -> candidates + fix.
 
 This is the node's core without ROS: `Localizer.load(config)` refuses a map built with another model (variant,
-descriptor dimension or checkpoint SHA-256 in the map's manifest) and warms the model up; `localize(rgb)` returns
-the ranked candidates, the accept/reject decision with its covariance, and the time spent in the model and search.
+descriptor dimension or checkpoint SHA-256 in the map's manifest) and warms the model up; `localize(rgb, stamp_ns)`
+returns the ranked candidates, the accept/reject decision with its covariance, and the time spent in the model and
+search. Two modes: `sequence` (the default: a Bayes filter over the map's places moved by odometry, see
+`sequence`) and `single_frame` (each frame judged alone: score threshold, top-k agreement, temporal vote).
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from dsformer_ros.inference.methods import DescriptorMethod
 from dsformer_ros.inference.precision import PRECISIONS
 from dsformer_ros.inference.preprocess import PreprocessConfig
 from dsformer_ros.localization.pose_estimate import Candidates, Decision, TemporalFilter, decide
+from dsformer_ros.localization.sequence import SequenceConfig, SequenceLocalizer
 from dsformer_ros.maps.placemap import MapError, PlaceMap
+from dsformer_ros.maps.similarity import SimilarityFitError, map_similarity, place_poses, reference_rows
 from dsformer_ros.model.checkpoint import CheckpointError
 from dsformer_ros.model.loading import load_model
 
@@ -36,6 +40,7 @@ class LocalizerError(ValueError):
 
 MODEL = "model and map"
 ACCEPT = "when a fix is accepted (published on ~/pose)"
+MODES = ("sequence", "single_frame")
 
 
 @dataclass
@@ -91,12 +96,21 @@ class LocalizerConfig:
         True, "Check the SHA-256 of every map file at configure (slow for very large maps).", section=MODEL
     )
     top_k: int = setting(5, "Candidates per frame in ~/candidates.", low=1, high=1000, section="output")
+    mode: str = setting(
+        "sequence",
+        "sequence: a Bayes filter over the map's places, moved by odometry (odometry_topic) or a bounded speed, "
+        "publishes a fix when the belief is concentrated, with the belief's spread as covariance (settings below); "
+        "single_frame: each frame judged alone (score_threshold, top-k agreement, temporal vote).",
+        choices=MODES, section=ACCEPT,
+    )
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field (a checkpoint is checked where it is loaded)."""
         check_fields(self)
         self.acceptance.validate()
+        self.sequence.validate()
         if not self.map_path:
             raise ConfigError("map_path: a map directory is required")
         check_device_name(self.device)
@@ -164,6 +178,11 @@ class Localizer:
                 f"map {self.config.map_path}: the median keyframe spacing is 0 m (places share positions); "
                 "the covariance floor needs distinct positions"
             )
+        self.sequence: SequenceLocalizer | None = None
+        self._reference = np.zeros((0, place_map.dim), dtype=np.float32)
+        if config.mode == "sequence":
+            self.sequence = sequence_localizer(place_map, config.sequence, self.floor_sigma_m)
+            self._reference = np.asarray(place_map.descriptors[reference_rows(len(place_map))], dtype=np.float32)
 
     @classmethod
     def load(cls, config: LocalizerConfig, method: DescriptorMethod | None = None) -> "Localizer":
@@ -211,30 +230,52 @@ class Localizer:
         self.method.warmup(iterations)
         probe = np.zeros((1, self.place_map.dim), dtype=np.float32)
         probe[0, 0] = 1.0
-        self.place_map.search(probe, min(self.config.top_k, len(self.place_map)))
+        self.place_map.search(probe, self._search_k())
+
+    def _search_k(self) -> int:
+        """Places retrieved per frame: top_k, or more for the sequence filter's measurement."""
+        k = self.config.top_k
+        if self.sequence is not None:
+            k = max(k, self.config.sequence.measurement_candidates)
+        return min(k, len(self.place_map))
 
     @property
     def device(self) -> str:
         """The model's device as text."""
         return str(self.method.device)
 
-    def localize(self, rgb: np.ndarray) -> LocalizationResult:
-        """RGB uint8 (H, W, 3) -> top-k candidates in rank order, the decision, and model/search times."""
+    def localize(self, rgb: np.ndarray, stamp_ns: int | None = None) -> LocalizationResult:
+        """RGB uint8 (H, W, 3) taken at `stamp_ns` -> top-k candidates in rank order, the decision, model/search ms.
+
+        The stamp matches the frame with odometry (sequence mode); None: unknown (ordered image sets).
+        """
         t0 = time.perf_counter()
         descriptor = self.method.describe([rgb])
         t1 = time.perf_counter()
+        return self.localize_descriptor(descriptor, stamp_ns, (t1 - t0) * 1000.0)
+
+    def localize_descriptor(self, descriptor: np.ndarray, stamp_ns: int | None = None,
+                            model_ms: float = 0.0) -> LocalizationResult:
+        """The search and decision for one descriptor (1, D) (localize() without the model)."""
+        t1 = time.perf_counter()
+        hits = self.place_map.search(descriptor, self._search_k())
         k = min(self.config.top_k, len(self.place_map))
-        hits = self.place_map.search(descriptor, k)
-        valid = hits.rows[0] >= 0
-        meta = hits.metadata(0)
+        rows = hits.rows[0][:k]
+        valid = rows >= 0
+        meta = self.place_map.metadata.take(rows[valid])
         candidates = Candidates(
-            place_id=hits.place_ids[0][valid],
-            score=hits.scores[0][valid],
+            place_id=hits.place_ids[0][:k][valid],
+            score=hits.scores[0][:k][valid],
             easting=np.asarray(meta.easting),
             northing=np.asarray(meta.northing),
             heading_deg=np.asarray(meta.heading_deg),
         )
         t2 = time.perf_counter()
+        if self.sequence is not None:
+            reference = float(np.median(self._reference @ np.asarray(descriptor, dtype=np.float32)[0]))
+            outcome = self.sequence.update(stamp_ns, hits.rows[0], hits.scores[0], reference)
+            decision = Decision(outcome.fix, outcome.reason, outcome.state)
+            return LocalizationResult(candidates, decision, model_ms, (time.perf_counter() - t1) * 1000.0)
         decision = decide(
             candidates,
             score_threshold=self.config.acceptance.score_threshold,
@@ -243,8 +284,26 @@ class Localizer:
             floor_sigma_m=self.floor_sigma_m,
             temporal=self.temporal,
         )
-        return LocalizationResult(candidates, decision, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0)
+        return LocalizationResult(candidates, decision, model_ms, (t2 - t1) * 1000.0)
+
+    def add_odometry(self, stamp_ns: int, x: float, y: float, yaw: float) -> str:
+        """One odometry pose (its own frame) for the sequence filter; '' when used, else why it was ignored."""
+        if self.sequence is None:
+            return ""
+        return self.sequence.add_odometry(stamp_ns, x, y, yaw)
 
     def reset_temporal(self) -> None:
-        """Forget recent positions (relocalization after the robot was moved)."""
+        """Forget where the robot was (relocalization after it was moved): temporal vote and sequence belief."""
         self.temporal.reset()
+        if self.sequence is not None:
+            self.sequence.reset()
+
+
+def sequence_localizer(place_map: PlaceMap, config: SequenceConfig, floor_sigma_m: float) -> SequenceLocalizer:
+    """The sequence filter over a map's places with the map's measurement model (fitted now if the map has none)."""
+    try:
+        model = map_similarity(place_map)
+    except SimilarityFitError as exc:
+        raise LocalizerError(f"sequence mode needs the map's similarity model: {exc}") from None
+    xy, yaw = place_poses(place_map)
+    return SequenceLocalizer(xy, yaw, np.asarray(place_map.metadata.place_id), model, config, floor_sigma_m)

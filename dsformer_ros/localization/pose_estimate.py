@@ -71,6 +71,7 @@ class Decision:
 
     fix: Fix | None
     reason: str
+    state: str = ""  # sequence mode: converged, searching or lost
 
     @property
     def accepted(self) -> bool:

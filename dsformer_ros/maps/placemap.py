@@ -19,7 +19,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from dsformer_ros.common.atomic import atomic_directory
+from dsformer_ros.common.atomic import atomic_directory, atomic_write_text
 from dsformer_ros.common.config import ConfigError, from_dict, to_dict
 from dsformer_ros.maps.map_index import IndexConfig, apply_search_params, build_index, index_kind_matches, read_flags
 
@@ -151,6 +151,9 @@ class MapManifest:
     count: int
     index: dict
     files: dict
+    # The fitted measurement model of the sequence localizer (dsformer_ros.maps.similarity); maps built before it
+    # existed lack it and still load (the localizer then fits it at load).
+    similarity: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         """The manifest as indented JSON."""
@@ -173,8 +176,11 @@ class MapManifest:
                 f"map format version {version} is newer than this code supports ({FORMAT_VERSION}); update dsformer_ros"
             )
         types = {f.name: f.type for f in dataclasses.fields(cls)}
+        optional = {f.name for f in dataclasses.fields(cls) if f.default_factory is not dataclasses.MISSING}
         expected = {"int": int, "str": str, "dict": dict}
         for name, type_name in types.items():
+            if name not in data and name in optional:
+                continue
             if name not in data:
                 raise MapError(f"{MANIFEST} lacks the field {name!r}")
             if not isinstance(data[name], expected[type_name]) or isinstance(data[name], bool):
@@ -182,7 +188,7 @@ class MapManifest:
         unknown = sorted(set(data) - set(types))
         if unknown:
             raise MapError(f"{MANIFEST} has unknown field(s) {unknown}")
-        return cls(**{name: data[name] for name in types})
+        return cls(**{name: data[name] for name in types if name in data})
 
     def index_config(self) -> IndexConfig:
         """The index config recorded in the manifest."""
@@ -305,6 +311,13 @@ class PlaceMap:
             files={},
         )
         return cls(stored, metadata, manifest, faiss_index)
+
+    def write_manifest(self, path: str | Path) -> None:
+        """Rewrite only manifest.json of the saved map at `path` (atomically), e.g. after adding a similarity fit."""
+        path = Path(path)
+        if not (path / MANIFEST).is_file():
+            raise MapError(f"map {path} has no {MANIFEST}")
+        atomic_write_text(path / MANIFEST, self.manifest.to_json())
 
     def save(self, path: str | Path) -> None:
         """Write the map directory atomically: a failure part-way leaves any previous map at `path` untouched."""

@@ -1,9 +1,11 @@
 """The ROS 2 localization node: a managed (lifecycle) node around `Localizer`, images in, ranked places and fixes out.
 
 configure: read parameters, load checkpoint + map (refused when they do not belong together), warm up, create the
-lifecycle publishers. activate: subscription (sensor-data QoS), worker thread, `~/relocalize`, diagnostics timer.
-deactivate/cleanup release them again. With `autostart` the node configures and activates itself at start-up.
-Inference runs on a worker that always takes the newest frame (see `latest_frame`), so the node never falls behind.
+lifecycle publishers. activate: subscriptions (images with sensor-data QoS, odometry), worker thread, `~/relocalize`,
+diagnostics timer. deactivate/cleanup release them again. With `autostart` the node configures and activates itself
+at start-up. Inference runs on a worker that always takes the newest frame (see `latest_frame`), so the node never
+falls behind; odometry is stored as it arrives and the sequence filter takes the motion between the stamps of the
+frames it processes, so dropped frames lose nothing.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any, Callable
 
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
@@ -27,6 +30,7 @@ from visualization_msgs.msg import MarkerArray
 from dsformer_ros.inference.image_codec import ImageDecodeError
 from dsformer_ros.localization.latest_frame import FrameRejected, LatestFrameWorker, RollingPercentiles
 from dsformer_ros.localization.localizer import LocalizationResult, Localizer
+from dsformer_ros.localization.sequence import LOST
 from dsformer_ros.ros.frame_decoder import make_decoder
 from dsformer_ros.ros.messages import candidate_markers, candidates_cloud, diagnostics_message, pose_message
 from dsformer_ros.ros.parameters import NodeSettings, declare_parameters, read_settings
@@ -63,6 +67,7 @@ class VprNode(LifecycleNode):
         self._decoder_name = ""
         self._worker: LatestFrameWorker | None = None
         self._subscription = None
+        self._odometry_subscription = None
         self._service = None
         self._timer = None
         self._outputs: dict[str, Any] = {}
@@ -122,9 +127,17 @@ class VprNode(LifecycleNode):
         self._subscription = self.create_subscription(
             msg_type, settings.image_topic, self._on_image, qos_profile_sensor_data
         )
+        if settings.odometry_topic:
+            self._odometry_subscription = self.create_subscription(
+                Odometry, settings.odometry_topic, self._on_odometry, 50
+            )
         self._service = self.create_service(Trigger, "~/relocalize", self._on_relocalize)
         self._timer = self.create_timer(settings.diagnostics_period_s, self._publish_diagnostics)
-        self.get_logger().info(f"active: listening to {self._subscription.topic_name} ({msg_type.__name__})")
+        odometry = f", odometry {settings.odometry_topic}" if settings.odometry_topic else ", no odometry"
+        self.get_logger().info(
+            f"active: listening to {self._subscription.topic_name} ({msg_type.__name__}){odometry}, "
+            f"mode {self._localizer.config.mode}"
+        )
         return super().on_activate(state)
 
     @_logged_transition
@@ -159,6 +172,9 @@ class VprNode(LifecycleNode):
         if self._subscription is not None:
             self.destroy_subscription(self._subscription)
             self._subscription = None
+        if self._odometry_subscription is not None:
+            self.destroy_subscription(self._odometry_subscription)
+            self._odometry_subscription = None
         if self._worker is not None:
             if not self._worker.stop(WORKER_STOP_TIMEOUT_S):
                 self.get_logger().error("the inference worker did not stop in time")
@@ -203,6 +219,18 @@ class VprNode(LifecycleNode):
             self._last_put = now
         worker.put(msg)
 
+    def _on_odometry(self, msg: Odometry) -> None:
+        localizer = self._localizer
+        if localizer is None:
+            return
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        p, q = msg.pose.pose.position, msg.pose.pose.orientation
+        norm = q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w
+        yaw = math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z)) if norm > 0 else math.nan
+        reason = localizer.add_odometry(stamp, p.x, p.y, yaw)
+        if reason:
+            self.get_logger().warning(f"odometry ignored: {reason}", throttle_duration_sec=5.0)
+
     def _process(self, msg: Any, arrival: float) -> None:
         t0 = time.monotonic()
         try:
@@ -210,7 +238,8 @@ class VprNode(LifecycleNode):
         except ImageDecodeError as exc:
             raise FrameRejected(str(exc)) from None
         decode_ms = (time.monotonic() - t0) * 1000.0
-        result = self._localizer.localize(rgb)
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        result = self._localizer.localize(rgb, stamp_ns)
         header = Header(stamp=msg.header.stamp, frame_id=self._settings.frame_id)
         try:
             self._publish_result(header, result)
@@ -246,8 +275,11 @@ class VprNode(LifecycleNode):
     def _on_relocalize(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         self._localizer.reset_temporal()
         response.success = True
-        response.message = "temporal filter cleared; the next accepted frame starts a new track"
-        self.get_logger().info("relocalize: temporal filter cleared")
+        if self._localizer.sequence is not None:
+            response.message = "sequence belief reset: searching the whole map again"
+        else:
+            response.message = "temporal filter cleared; the next accepted frame starts a new track"
+        self.get_logger().info(f"relocalize: {response.message}")
         return response
 
     # ---------------------------------------------------------------- diagnostics
@@ -271,6 +303,12 @@ class VprNode(LifecycleNode):
         if stats.received == 0 and warn_s > 0 and since_active >= warn_s:
             return "WARN", f"no images received on {self._settings.image_topic} for {since_active:.0f} s"
         no_fix_for = fix_age if not math.isnan(fix_age) else since_active
+        sequence = self._localizer.sequence
+        if sequence is not None and sequence.last_decision is not None:
+            state = sequence.last_decision
+            if warn_s > 0 and no_fix_for >= warn_s:
+                return "WARN", f"no fix for {no_fix_for:.0f} s; {state.reason}"
+            return ("WARN" if state.state == LOST else "OK"), state.reason
         if warn_s > 0 and no_fix_for >= warn_s:
             return "WARN", f"no fix accepted for {no_fix_for:.0f} s"
         if math.isnan(fix_age):
@@ -311,6 +349,9 @@ class VprNode(LifecycleNode):
             ("map_keyframe_spacing_m", 2.0 * localizer.floor_sigma_m),
             ("map_path", localizer.config.map_path),
             ("device", localizer.device),
+            ("mode", localizer.config.mode),
+            ("odometry_topic", self._settings.odometry_topic),
+            *(localizer.sequence.status().items() if localizer.sequence is not None else ()),
             *last_frame.items(),
         ]
         name = f"{self.get_fully_qualified_name()}: visual place recognition"

@@ -13,6 +13,7 @@ import yaml
 from dsformer_ros.common.config import ConfigError, from_dict
 from dsformer_ros.common.params import Spec, check_fields, setting, specs
 from dsformer_ros.localization.localizer import ACCEPT, MODEL, AcceptanceConfig, LocalizerConfig
+from dsformer_ros.localization.sequence import SEQUENCE, SequenceConfig
 from dsformer_ros.ros.frame_decoder import DECODERS
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ INPUT = "input"
 OUTPUT = "output"
 DIAGNOSTICS = "diagnostics (/diagnostics)"
 # Sections of the parameter file, in order ("" holds the settings that stand before every section).
-SECTIONS = ("", MODEL, INPUT, OUTPUT, ACCEPT, DIAGNOSTICS)
+SECTIONS = ("", MODEL, INPUT, OUTPUT, ACCEPT, SEQUENCE, DIAGNOSTICS)
 
 
 @dataclass
@@ -44,6 +45,12 @@ class NodeSettings:
         section=INPUT,
     )
     image_topic: str = setting("/camera/image_raw", "Camera topic.", section=INPUT)
+    odometry_topic: str = setting(
+        "",
+        "nav_msgs/Odometry topic (wheel odometry or VIO, in its own drifting frame) used as relative motion between "
+        "frames by mode sequence; matched to frames by stamp. Empty: none (the motion is bounded by max_speed_mps).",
+        section=INPUT,
+    )
     image_decoder: str = setting(
         "builtin",
         "Image conversion: builtin (the tested default) or cv_bridge (must be installed). Both refuse malformed "
@@ -84,7 +91,7 @@ class NodeSettings:
 
 
 # The node's settings objects; their declared fields together are the node's parameters (names are unique).
-GROUPS = (NodeSettings, LocalizerConfig, AcceptanceConfig)
+GROUPS = (NodeSettings, LocalizerConfig, AcceptanceConfig, SequenceConfig)
 PARAMETERS: tuple[Spec, ...] = tuple(spec for group in GROUPS for spec in specs(group))
 
 
@@ -145,11 +152,11 @@ def read_settings(node: "Node") -> tuple[NodeSettings, LocalizerConfig]:
     """The current parameter values as validated settings; ConfigError names the bad or unknown parameter."""
     check_overrides(node)
     values = {spec.name: node.get_parameter(spec.name).value for spec in PARAMETERS}
-    node_settings, localizer, acceptance = (
+    node_settings, localizer, acceptance, sequence = (
         {spec.name: values[spec.name] for spec in specs(group)} for group in GROUPS
     )
     settings = from_dict(NodeSettings, node_settings)
-    config = from_dict(LocalizerConfig, {**localizer, "acceptance": acceptance})
+    config = from_dict(LocalizerConfig, {**localizer, "acceptance": acceptance, "sequence": sequence})
     return settings, config
 
 

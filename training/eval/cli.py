@@ -7,7 +7,7 @@ from dsformer_ros.common.cli import add_config_flags, add_threads_argument, conf
 from training.eval.evaluate import EvalConfig, evaluate
 
 FLAGS = ("dataset.root", "dataset.format", "dataset.split", "method", "baselines", "checkpoint", "variant", "device",
-         "batch_size", "out", "cache_dir", "use_cache")
+         "batch_size", "out", "cache_dir", "use_cache", "localizer")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,5 +27,8 @@ def run(args: argparse.Namespace) -> int:
             f"{name:<13} {recalls}  extract {result['extraction_ms_per_image']['queries']:.1f} ms/img  "
             f"search {result['search_ms_per_query']:.3f} ms/query  cache {result['database_cache']}"
         )
+        if result.get("sequence"):
+            recalls = "  ".join(f"R@{n} {100 * v:5.1f}" for n, v in result["sequence"]["recall"].items())
+            print(f"{'  + sequence':<13} {recalls}  (queries in order through the sequence localizer, no odometry)")
     print(f"report: {cfg.out}/report.json")
     return 0

@@ -26,6 +26,7 @@ from dsformer_ros.common.params import check_fields, setting
 from dsformer_ros.inference.extractor import DescriptorExtractor
 from dsformer_ros.inference.methods import DescriptorMethod, RawPixels, RawPixelsConfig
 from dsformer_ros.inference.precision import PRECISIONS
+from dsformer_ros.localization.sequence import SequenceConfig
 from dsformer_ros.maps.map_index import IndexConfig, apply_search_params, serialized_nbytes
 from dsformer_ros.maps.method_map import build_method_map
 from dsformer_ros.maps.placemap import MapError, PlaceMap, PlaceMetadata
@@ -34,10 +35,12 @@ from training.eval import plots
 from training.eval.baselines import BackboneGeM, BackboneGeMConfig
 from training.eval.datasets import DatasetConfig, VPRDataset, open_dataset
 from training.eval.recall import first_correct_rank, recall_at_n
+from training.eval.sequence_eval import sequence_section
 
 log = logging.getLogger(__name__)
 
 METHODS = ("dsformer", "raw_pixels", "backbone_gem")
+LOCALIZERS = ("single_frame", "sequence")
 REPORT = "report.json"
 RECALL_FIGURE = "recall_at_n.png"
 MAP_FIGURE = "queries_map.png"
@@ -78,6 +81,9 @@ class EvalConfig:
     figures: bool = True
     index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
     raw_pixels: RawPixelsConfig = dataclasses.field(default_factory=RawPixelsConfig)
+    localizer: str = setting("single_frame", "single_frame: Recall@N of each query alone; sequence: also feed the "
+                             "queries in order (one traversal) through the sequence localizer", choices=LOCALIZERS)
+    sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)
     backbone_gem: BackboneGeMConfig = dataclasses.field(default_factory=BackboneGeMConfig)
 
     def validate(self) -> None:
@@ -217,6 +223,9 @@ def evaluate_method(method: DescriptorMethod, dataset: VPRDataset, cfg: EvalConf
         single.append(1000.0 * (time.perf_counter() - tic))
     scores = recall_at_n(result.rows, dataset.positives, cfg.recall_ns)
     ranks = first_correct_rank(result.rows, dataset.positives)
+    sequence = None
+    if cfg.localizer == "sequence":
+        sequence = sequence_section(place_map, queries, dataset.positives, cfg.sequence, tuple(cfg.recall_ns))
     top = min(cfg.top_k, k)
     per_query = [
         {
@@ -251,6 +260,7 @@ def evaluate_method(method: DescriptorMethod, dataset: VPRDataset, cfg: EvalConf
         "map_memory_bytes": map_memory_bytes(place_map),
         "database_cache": cache_state,
         "database_cache_path": str(cache_path) if cache_path is not None else None,
+        "sequence": sequence,
         "correct_at_1": [bool(r == 0) for r in ranks],
         "per_query": per_query,
     }

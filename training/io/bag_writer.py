@@ -185,8 +185,12 @@ class DriveLogWriter:
         z: float,
         yaw: float,
         cov_diag: tuple | None = None,
+        topic: str = "",
     ) -> None:
-        """Write a nav_msgs/Odometry pose (yaw in radians about +z, counter-clockwise from +x); cov_diag has 6 values."""
+        """Write a nav_msgs/Odometry pose (yaw in radians about +z, counter-clockwise from +x); cov_diag has 6 values.
+
+        `topic` "" writes to the writer's odom_topic (ground truth); another name, e.g. a wheel odometry topic.
+        """
         t = self._types
         cov = np.zeros(36, dtype=np.float64)
         if cov_diag is not None:
@@ -206,7 +210,7 @@ class DriveLogWriter:
             pose=t["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=cov),
             twist=t["geometry_msgs/msg/TwistWithCovariance"](twist=twist, covariance=np.zeros(36, dtype=np.float64)),
         )
-        self.write_raw(self.odom_topic, msgtype, stamp_ns, msg)
+        self.write_raw(topic or self.odom_topic, msgtype, stamp_ns, msg)
 
     def discard(self) -> None:
         """Abandon the bag: nothing appears at `path` (used when writing failed)."""

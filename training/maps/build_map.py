@@ -37,6 +37,7 @@ from dsformer_ros.inference.preprocess import ImageError, read_image
 from dsformer_ros.maps.map_index import IndexConfig
 from dsformer_ros.maps.method_map import build_method_map
 from dsformer_ros.maps.placemap import PlaceMetadata
+from dsformer_ros.maps.similarity import attach_similarity
 from dsformer_ros.model.loading import load_model
 from training.io.at_names import AtNameError, list_images, read_at_folder
 from training.io.bag_reader import DriveLogReader, resolve_bag_path
@@ -517,6 +518,7 @@ def _assemble(cfg: BuildMapConfig, plan: Plan, chunks: list[np.ndarray], work: P
         "zone": f"{plan.zone_number}{plan.zone_letter}",
     }
     place_map = build_method_map(method, descriptors, metadata, build_info, index=cfg.index, dtype=cfg.dtype)
+    attach_similarity(place_map)  # the sequence localizer's measurement model (merge-maps fits the merged map anew)
     place_map.save(out)
     return {
         "input": str(cfg.input), "frames_read": plan.info["frames_read"],

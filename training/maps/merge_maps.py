@@ -18,6 +18,7 @@ from dsformer_ros.common.config import ConfigError
 from dsformer_ros.common.params import check_fields, setting
 from dsformer_ros.maps.map_index import IndexConfig
 from dsformer_ros.maps.placemap import PlaceMap, PlaceMetadata
+from dsformer_ros.maps.similarity import attach_similarity
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ def merge_maps(cfg: MergeMapsConfig) -> PlaceMap:
     merged = PlaceMap.build(descriptors, metadata, model_variant=first.model_variant,
                             checkpoint_sha256=first.checkpoint_sha256, preprocessing=first.preprocessing,
                             build_info=build, index=cfg.index, dtype=cfg.dtype or first.descriptor_dtype)
+    attach_similarity(merged)
     merged.save(cfg.out)
     log.info("merged %d maps into %s: %d places", len(maps), cfg.out, len(merged))
     return merged

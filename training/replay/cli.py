@@ -9,7 +9,7 @@ from training.replay.config import ReplayConfig
 from training.replay.replay import REPORT, format_metrics, run_replay
 
 FLAGS = ("map", "checkpoint", "method", "mode", "image_topic", "gps_topic", "radius_m", "max_frames", "rate",
-         "device", "threads", "out")
+         "device", "threads", "out", "localizer", "odometry_topic")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

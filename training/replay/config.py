@@ -8,7 +8,8 @@ from dsformer_ros.common.config import ConfigError
 from dsformer_ros.common.params import check_fields, setting
 from dsformer_ros.inference.methods import RawPixelsConfig
 from dsformer_ros.inference.precision import PRECISIONS
-from dsformer_ros.localization.localizer import AcceptanceConfig, LocalizerConfig
+from dsformer_ros.localization.localizer import MODES, AcceptanceConfig, LocalizerConfig
+from dsformer_ros.localization.sequence import SequenceConfig
 
 METHODS = ("dsformer", "raw_pixels")
 
@@ -35,7 +36,11 @@ class ReplayConfig:
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     precision: str = setting("fp32", "inference precision", choices=PRECISIONS)
     threads: int = setting(0, "torch CPU threads of the node (node mode; 0: PyTorch's default)", low=0)
+    localizer: str = setting("sequence", "the node's mode: sequence (Bayes filter over places) or single_frame",
+                             choices=MODES)
+    odometry_topic: str = setting("", "nav_msgs/Odometry topic of the bag fed to the sequence localizer ('' = none)")
     acceptance: AcceptanceConfig = dataclasses.field(default_factory=AcceptanceConfig)
+    sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)
     raw_pixels: RawPixelsConfig = dataclasses.field(default_factory=RawPixelsConfig)
     max_gps_std_m: float = setting(10.0, "GPS fixes with a larger horizontal std are not ground truth", low=0.001)
     max_fix_gap_s: float = setting(1.5, "a frame needs a GPS fix this close in time on each side", low=0.001)
@@ -64,6 +69,7 @@ class ReplayConfig:
     def localizer_config(self) -> LocalizerConfig:
         """The localizer settings both modes run with (the node gets them as parameters)."""
         cfg = LocalizerConfig(checkpoint=self.checkpoint, map_path=self.map, device=self.device,
-                              precision=self.precision, top_k=self.top_k, acceptance=self.acceptance)
+                              precision=self.precision, top_k=self.top_k, mode=self.localizer,
+                              acceptance=self.acceptance, sequence=self.sequence)
         cfg.validate()
         return cfg

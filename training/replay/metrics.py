@@ -29,6 +29,7 @@ class ReplayResults:
     accepted: np.ndarray  # (F,) bool: an accepted fix was produced
     fix_xy: np.ndarray  # (F, 2) float64 UTM of the accepted fix, NaN otherwise
     fix_sigma_m: np.ndarray  # (F,) float64 1-sigma horizontal position uncertainty of the fix, NaN otherwise
+    fix_cov_xy: np.ndarray  # (F, 2, 2) float64 x/y covariance of the fix, NaN otherwise
     latency_s: np.ndarray  # (F,) float64 seconds from image to answer, NaN where unanswered
 
     def __post_init__(self) -> None:
@@ -54,6 +55,7 @@ class ReplayResults:
             accepted=np.zeros(frames, dtype=bool),
             fix_xy=np.full((frames, 2), np.nan),
             fix_sigma_m=np.full(frames, np.nan),
+            fix_cov_xy=np.full((frames, 2, 2), np.nan),
             latency_s=np.full(frames, np.nan),
         )
 
@@ -84,6 +86,7 @@ def record_fix(results: ReplayResults, i: int, easting: float, northing: float, 
     results.accepted[i] = True
     results.fix_xy[i] = (easting, northing)
     results.fix_sigma_m[i] = float(np.sqrt(max(cov[0, 0] + cov[1, 1], 0.0) / 2.0))
+    results.fix_cov_xy[i] = cov[:2, :2]
 
 
 def _percentiles(values: np.ndarray, scale: float = 1.0) -> dict[str, float | None]:

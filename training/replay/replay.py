@@ -1,7 +1,9 @@
 """`dsformer-vpr replay`: replay a drive log (images + GPS) against a map and measure what the localizer delivers.
 
 Recall@N within `radius_m` of the bag's own GPS (interpolated to each image stamp), precision and availability of
-accepted fixes, position-error and latency percentiles; `report.json`, per-frame `frames.npz` and PNG figures.
+accepted fixes, position-error and latency percentiles, and whether the fixes can be trusted (covariance coverage,
+first fix, kidnap recovery, fixes off the map: `calibration`); `report.json`, per-frame `frames.npz` and PNG figures.
+With `localizer: sequence` and an `odometry_topic`, the bag's odometry reaches the localizer by stamp as in the node.
 Any descriptor method runs the same pipeline (`method: dsformer | raw_pixels`, with a map built by that method).
 Two modes share the frame order, the localizer settings and the metric code, so they give the same recall:
 - offline: the node's `Localizer` called directly from Python, frame by frame (fast model comparison);
@@ -26,8 +28,9 @@ from dsformer_ros.common.utm import latlon_to_utm, utm_to_latlon
 from dsformer_ros.inference.methods import RawPixels
 from dsformer_ros.localization.localizer import LocalizationResult, Localizer
 from dsformer_ros.maps.placemap import PlaceMap
-from training.io.bag_reader import DriveLogReader, ImageFrame
+from training.io.bag_reader import DriveLogReader, ImageFrame, OdomPose
 from training.maps.track import Track, position_frames, track_from_fixes
+from training.replay.calibration import calibration_metrics
 from training.replay.config import ReplayConfig
 from training.replay.metrics import ReplayResults, compute_metrics, has_positive, recall_at, record_answer, record_fix
 from training.replay.through_node import replay_through_node
@@ -94,14 +97,32 @@ def open_localizer(cfg: ReplayConfig) -> Localizer:
     return Localizer.load(cfg.localizer_config(), method)
 
 
-def replay_offline(cfg: ReplayConfig, localizer: Localizer, frames: Iterator[ImageFrame], n: int) -> ReplayResults:
-    """Every frame through `Localizer.localize` in bag order (the node's code path without ROS)."""
+def bag_odometry(cfg: ReplayConfig, reader: DriveLogReader) -> list[OdomPose]:
+    """The odometry the localizer gets, sorted by stamp ([] without an odometry topic or in single-frame mode)."""
+    if not cfg.odometry_topic or cfg.localizer != "sequence":
+        return []
+    reader.require_topic(cfg.odometry_topic, "odometry")
+    odometry = sorted(reader.odometry(cfg.odometry_topic), key=lambda o: o.stamp_ns)
+    log.info("odometry: %d messages on %s", len(odometry), cfg.odometry_topic)
+    return odometry
+
+
+def replay_offline(cfg: ReplayConfig, localizer: Localizer, frames: Iterator[ImageFrame], n: int,
+                   odometry: list[OdomPose] = ()) -> ReplayResults:
+    """Every frame through `Localizer.localize` in bag order (the node's code path without ROS).
+
+    Odometry stamped up to each frame's stamp is handed to the localizer before the frame, as the node receives it.
+    """
     results = ReplayResults.empty_like(n, cfg.top_k)
-    for frame in tqdm(frames, total=n, desc=f"replay offline ({cfg.method})", unit="frame"):
+    k = 0
+    for frame in tqdm(frames, total=n, desc=f"replay offline ({cfg.method}, {cfg.localizer})", unit="frame"):
         i = frame.index
+        while k < len(odometry) and odometry[k].stamp_ns <= frame.stamp_ns:
+            localizer.add_odometry(odometry[k].stamp_ns, odometry[k].x, odometry[k].y, odometry[k].yaw)
+            k += 1
         rgb = frame.decode()
         t0 = time.perf_counter()
-        answer: LocalizationResult = localizer.localize(rgb)
+        answer: LocalizationResult = localizer.localize(rgb, frame.stamp_ns)
         results.latency_s[i] = time.perf_counter() - t0
         results.stamp_ns[i] = frame.stamp_ns
         c = answer.candidates
@@ -138,17 +159,20 @@ def run_replay(cfg: ReplayConfig) -> dict:
             place_map = PlaceMap.load(cfg.map, verify_checksums=False)  # positions only: the node checks the map
             fingerprint = place_map.manifest.checkpoint_sha256
         ground_truth = load_ground_truth(cfg, reader, place_map)
+        odometry = bag_odometry(cfg, reader)
         t0 = time.perf_counter()
         if cfg.mode == "offline":
-            results = replay_offline(cfg, localizer, bag_frames(cfg, reader), n)
+            results = replay_offline(cfg, localizer, bag_frames(cfg, reader), n, odometry)
         else:
             compressed = reader.topics()[cfg.image_topic].endswith("CompressedImage")
-            results, extra = replay_through_node(cfg, loc_cfg, bag_frames(cfg, reader), n, compressed, out_dir)
+            results, extra = replay_through_node(cfg, loc_cfg, bag_frames(cfg, reader), n, compressed, out_dir,
+                                                 odometry)
         replay_s = time.perf_counter() - t0
     results.gt_xy[:] = ground_truth.positions(results.stamp_ns)
     map_xy = np.column_stack([np.asarray(place_map.metadata.easting), np.asarray(place_map.metadata.northing)])
     map_ids = np.asarray(place_map.metadata.place_id)
     metrics = compute_metrics(results, map_xy, map_ids, cfg.radius_m, cfg.recall_ns)
+    metrics["calibration"] = calibration_metrics(results, map_xy, cfg.radius_m)
     report = {
         "tool": "dsformer-vpr replay",
         "name": cfg.name or (Path(cfg.checkpoint).stem if cfg.method == "dsformer" else cfg.method),
@@ -181,6 +205,7 @@ def write_figures(results: ReplayResults, map_xy: np.ndarray, report: dict, out_
     """trajectory.png, recall.png and errors.png in `out_dir`; returns their file names."""
     from training.eval.plots import plot_recall_curves
     from training.replay.plots import plot_error_histogram, plot_trajectory
+    from training.replay.sigma_plot import plot_error_vs_sigma
 
     radius = report["metrics"]["radius_m"]
     evaluable = has_positive(results.gt_xy, map_xy, radius)
@@ -190,7 +215,9 @@ def write_figures(results: ReplayResults, map_xy: np.ndarray, report: dict, out_
     curve = {int(n): v for n, v in report["recall_curve"].items()}
     plot_recall_curves(out_dir / "recall.png", {report["name"]: curve}, title=f"Recall@N within {radius:g} m of GPS")
     plot_error_histogram(results, radius, out_dir / "errors.png")
-    return ["trajectory.png", "recall.png", "errors.png"]
+    plot_error_vs_sigma({report["name"]: (results.fix_sigma_m, np.linalg.norm(results.fix_xy - results.gt_xy, axis=1))},
+                        out_dir / "error_vs_sigma.png", radius)
+    return ["trajectory.png", "recall.png", "errors.png", "error_vs_sigma.png"]
 
 
 def format_metrics(metrics: dict) -> str:
@@ -198,8 +225,13 @@ def format_metrics(metrics: dict) -> str:
     recall = ", ".join(f"R@{n} {100 * v:.1f}%" for n, v in metrics["recall"].items())
     fix = metrics["fix"]
     lat = metrics["latency_ms"]
-    return (f"{recall}; fixes {fix['accepted']} (precision {_pct(fix['precision'])}, availability "
+    line = (f"{recall}; fixes {fix['accepted']} (precision {_pct(fix['precision'])}, availability "
             f"{_pct(fix['availability'])}); latency p50 {_ms(lat['p50'])}, p95 {_ms(lat['p95'])}")
+    cal = metrics.get("calibration")
+    if cal and cal["fixes_with_covariance"]:
+        line += (f"; inside 95% ellipse {_pct(cal['inside_95'])}, 1 sigma {_pct(cal['inside_1sigma'])}, median "
+                 f"normalised error {cal['median_normalised_error']:.2f}, largest error {cal['max_error_m']:.1f} m")
+    return line
 
 
 def _pct(value: float | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -27,7 +28,7 @@ from dsformer_ros.common.atomic import atomic_write_text
 from dsformer_ros.common.config import to_dict
 from dsformer_ros.common.geometry import ns_to_stamp, stamp_to_ns
 from dsformer_ros.localization.localizer import LocalizerConfig
-from training.io.bag_reader import ImageFrame
+from training.io.bag_reader import ImageFrame, OdomPose
 from training.replay.config import ReplayConfig
 from training.replay.metrics import ReplayResults, record_answer, record_fix
 
@@ -37,6 +38,7 @@ NS = 1_000_000_000
 PROBE_RETRY_S = 3.0
 STOP_TIMEOUT_S = 30.0
 POSE_GRACE_S = 1.0
+ODOMETRY_LEAD_S = 0.05
 _LOG_TAIL = 3000
 
 
@@ -52,9 +54,11 @@ class _Answer:
 
 def node_parameters(cfg: ReplayConfig, loc_cfg: LocalizerConfig, input_type: str) -> dict[str, Any]:
     """The node's parameters for a replay: the localizer settings of both modes, sim time, no rate limit."""
-    params = {k: v for k, v in to_dict(loc_cfg).items() if k != "acceptance"}
+    params = {k: v for k, v in to_dict(loc_cfg).items() if k not in ("acceptance", "sequence")}
     params.update(to_dict(loc_cfg.acceptance))
+    params.update(to_dict(loc_cfg.sequence))
     params.update({
+        "odometry_topic": cfg.odometry_topic,
         "use_sim_time": True,
         "autostart": True,
         "input_type": input_type,
@@ -76,7 +80,7 @@ def _tail(path: Path) -> str:
 class _Driver:
     """This process's side of the replay: publishers of /clock and images, subscribers of the node's outputs."""
 
-    def __init__(self, node_name: str, image_topic: str, compressed: bool) -> None:
+    def __init__(self, node_name: str, image_topic: str, compressed: bool, odometry_topic: str = "") -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseWithCovarianceStamped
@@ -98,6 +102,12 @@ class _Driver:
         reliable = QoSProfile(depth=100)
         self.clock_pub = self.node.create_publisher(Clock, "/clock", 10)
         self.image_pub = self.node.create_publisher(self.image_type, image_topic, qos_profile_sensor_data)
+        self.odometry_pub = None
+        if odometry_topic:
+            from nav_msgs.msg import Odometry
+
+            self._odometry_type = Odometry
+            self.odometry_pub = self.node.create_publisher(Odometry, odometry_topic, 100)
         self.answers: dict[int, _Answer] = {}
         self.poses: dict[int, tuple[float, float, np.ndarray]] = {}
         self.diagnostics: dict[str, str] = {}
@@ -141,6 +151,15 @@ class _Driver:
         sent = time.monotonic()
         self.image_pub.publish(payload)
         return sent
+
+    def publish_odometry(self, pose: "OdomPose") -> None:
+        """One bag odometry pose as nav_msgs/Odometry (frame odom)."""
+        msg = self._odometry_type()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = pose.stamp_ns // NS, pose.stamp_ns % NS
+        msg.header.frame_id, msg.child_frame_id = pose.frame_id or "odom", "base_link"
+        msg.pose.pose.position.x, msg.pose.pose.position.y = float(pose.x), float(pose.y)
+        msg.pose.pose.orientation.z, msg.pose.pose.orientation.w = math.sin(pose.yaw / 2), math.cos(pose.yaw / 2)
+        self.odometry_pub.publish(msg)
 
     def call_relocalize(self, timeout_s: float, alive: Callable[[], bool]) -> None:
         """Clear the node's temporal filter (forgets the probe frame)."""
@@ -224,9 +243,11 @@ def _probe(driver: _Driver, first: bytes, first_stamp: int, cfg: ReplayConfig, a
 
 def replay_through_node(
     cfg: ReplayConfig, loc_cfg: LocalizerConfig, image_frames: Iterable[ImageFrame], n: int, compressed: bool,
-    out_dir: Path,
+    out_dir: Path, odometry: list[OdomPose] = (),
 ) -> tuple[ReplayResults, dict]:
     """Start the node, replay the `n` frames through it, stop it; per-frame results and a node section.
+
+    `odometry` (sorted by stamp) is published on cfg.odometry_topic, each pose before the first frame stamped after it.
 
     DDS discovery stays on loopback unless ROS_AUTOMATIC_DISCOVERY_RANGE says otherwise.
     """
@@ -243,7 +264,7 @@ def replay_through_node(
     driver = None
     timeouts = 0
     try:
-        driver = _Driver(node_name, cfg.image_topic, compressed)
+        driver = _Driver(node_name, cfg.image_topic, compressed, cfg.odometry_topic if odometry else "")
         alive = lambda: process.poll() is None  # noqa: E731
         frames = _serialized(image_frames, msgtype)
         first = next(frames, None)
@@ -255,6 +276,10 @@ def replay_through_node(
         seen: set[int] = set()
         period = 1.0 / cfg.rate if cfg.rate > 0 else 0.0
         last_sent = -np.inf
+        k = 0
+        if odometry and not driver.spin_until(lambda: driver.odometry_pub.get_subscription_count() > 0,
+                                              cfg.startup_timeout_s, alive):
+            raise NodeReplayError(f"the node did not subscribe to {cfg.odometry_topic}")
         with tqdm(total=n, desc="replay node", unit="frame") as bar:
             for i, stamp, payload in _chain(first, frames):
                 if stamp in seen:
@@ -263,6 +288,12 @@ def replay_through_node(
                 if period:
                     time.sleep(max(0.0, last_sent + period - time.monotonic()))
                 results.stamp_ns[i] = stamp
+                sent = k
+                while k < len(odometry) and odometry[k].stamp_ns <= stamp:
+                    driver.publish_odometry(odometry[k])
+                    k += 1
+                if k > sent:  # let the odometry arrive before the frame, as it would in a live robot
+                    driver.spin_until(lambda: False, ODOMETRY_LEAD_S, alive)
                 sent_at[i] = last_sent = driver.publish_frame(stamp, payload)
                 if not driver.spin_until(lambda: stamp in driver.answers, cfg.frame_timeout_s, alive):
                     timeouts += 1

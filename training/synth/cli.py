@@ -8,7 +8,7 @@ from dsformer_ros.common.config import ConfigError
 from training.synth.config import SynthConfig
 
 FLAGS = ("seed", "route", "route_seed", "condition", "lane_offset_m", "frames", "length_m", "fps", "width", "height",
-         "hfov_deg", "storage", "compressed", "out", "export_at")
+         "hfov_deg", "storage", "compressed", "out", "export_at", "odometry_topic", "kidnap_at_m", "off_map_after_m")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

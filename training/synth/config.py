@@ -44,6 +44,17 @@ class SynthConfig:
     jpeg_quality: int = 90
     image_topic: str = ""  # "" = /camera/image_raw (raw) or /camera/image_raw/compressed
     export_at: str = setting("", "folder of '@'-named JPEGs to create ('' = none)")
+    odometry_topic: str = setting("/odom/wheel", "drifting wheel odometry topic, frame odom ('' = none)")
+    odometry_hz: float = 20.0
+    odometry_scale_error: float = 0.03  # the wheels measure 3 % too far
+    odometry_heading_drift_deg_per_m: float = 0.05
+    odometry_distance_noise: float = 0.01  # relative, per odometry step
+    odometry_yaw_noise_deg: float = 0.05  # per odometry step
+    kidnap_at_m: float = setting(0.0, "kidnapped drive: teleport the car after this many metres (0: never); the "
+                                 "odometry does not see the jump")
+    kidnap_skip_m: float = 250.0  # how far along the route the kidnapped car reappears
+    off_map_after_m: float = setting(0.0, "off-map drive: leave the route after this many metres for streets it "
+                                     "never uses (0: never)")
 
     def validate(self) -> None:
         """Raise ConfigError naming the bad field."""
@@ -59,5 +70,11 @@ class SynthConfig:
             raise ConfigError("gps_sigma_m must be >= 0 and gps_no_fix_fraction within 0..1")
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"jpeg_quality: must be 1..100, got {self.jpeg_quality}")
+        for name in ("odometry_hz", "odometry_distance_noise", "odometry_yaw_noise_deg", "kidnap_at_m",
+                     "kidnap_skip_m", "off_map_after_m"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.kidnap_at_m > 0 and self.off_map_after_m > 0:
+            raise ConfigError("kidnap_at_m and off_map_after_m: choose one special drive, not both")
         if not -80.0 <= self.origin_lat <= 84.0 or not -180.0 <= self.origin_lon <= 180.0:
             raise ConfigError("origin_lat/origin_lon: must lie within the UTM range (lat -80..84, lon -180..180)")

@@ -3,6 +3,10 @@
 Frames: local metres (x east, y north) map to UTM by adding the origin's easting/northing (the local frame is the UTM
 grid). Odometry ground truth is in frame "utm" (x = easting, y = northing, yaw counter-clockwise from east); '@' names
 carry the ground-truth position and heading as a compass bearing (degrees clockwise from north: 0 north, 90 east).
+Besides the ground truth the bag gets a drifting wheel odometry topic (frame "odom", see `odometry`). Two special
+drives test localization: a kidnapped drive (`kidnap_at_m`: the car is teleported `kidnap_skip_m` further along the
+route, the odometry carries on without the jump) and an off-map drive (`off_map_after_m`: the route is left for
+streets it never uses).
 """
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ from dsformer_ros.common.utm import latlon_to_utm, utm_to_latlon
 from training.io.at_names import AtName, format_at_name
 from training.io.bag_writer import STATUS_FIX, STATUS_NO_FIX, DriveLogWriter
 from training.synth.config import SynthConfig
+from training.synth.odometry import WheelOdometryModel, wheel_odometry
 from training.synth.render import CONDITIONS, Camera, Pose, Renderer, benchmark
-from training.synth.routes import Trajectory, build_trajectory, make_route, poses_at
+from training.synth.routes import Trajectory, build_trajectory, detour_route, make_route, poses_at
 from training.synth.town import Town, TownSpec, build_town
 
 log = logging.getLogger(__name__)
@@ -77,16 +82,42 @@ def camera_of(cfg: SynthConfig) -> Camera:
 def plan_drive(cfg: SynthConfig, town: Town) -> tuple[Trajectory, np.ndarray]:
     """The trajectory and the image times (s from the start) of a config's drive."""
     needed = cfg.frames / cfg.fps * cfg.speed_mps if cfg.frames else cfg.length_m
-    nodes = make_route(town, cfg.route, cfg.route_seed, needed * 1.05 + 60.0)
+    skip = cfg.kidnap_skip_m if cfg.kidnap_at_m > 0 else 0.0
+    nodes = make_route(town, cfg.route, cfg.route_seed, (needed + skip) * 1.05 + 60.0)
+    if cfg.off_map_after_m > 0:
+        nodes = detour_route(town, nodes, cfg.off_map_after_m, needed * 1.05 + 60.0, cfg.drive_seed)
     traj = build_trajectory(town, nodes, cfg.lane_offset_m)
     if cfg.frames:
         n = cfg.frames
     else:
-        n = int(min(cfg.length_m, traj.length) / cfg.speed_mps * cfg.fps)
+        n = int(min(cfg.length_m, traj.length - skip) / cfg.speed_mps * cfg.fps)
     if n < 1:
         raise ValueError("the drive has no frames: raise frames or length_m")
     times = np.arange(n) / cfg.fps
     return traj, times
+
+
+def route_times(cfg: SynthConfig, times_s: np.ndarray) -> np.ndarray:
+    """Times at which the route is sampled: the drive's times, shifted by the kidnap's skip after the kidnap."""
+    times_s = np.asarray(times_s, dtype=np.float64)
+    if cfg.kidnap_at_m <= 0:
+        return times_s
+    after = times_s * cfg.speed_mps >= cfg.kidnap_at_m
+    return times_s + np.where(after, cfg.kidnap_skip_m / cfg.speed_mps, 0.0)
+
+
+def drive_poses(cfg: SynthConfig, traj: Trajectory, times_s: np.ndarray) -> list[Pose]:
+    """Camera poses of the drive at `times_s` (s from the start), the kidnap included."""
+    return poses_at(traj, route_times(cfg, times_s), cfg.speed_mps, cfg.drive_seed, cfg.lateral_jitter_m,
+                    cfg.yaw_jitter_deg)
+
+
+def odometry_model(cfg: SynthConfig) -> WheelOdometryModel:
+    """The wheel odometry errors of a config."""
+    return WheelOdometryModel(scale_error=cfg.odometry_scale_error,
+                              heading_drift_deg_per_m=cfg.odometry_heading_drift_deg_per_m,
+                              distance_noise=cfg.odometry_distance_noise, yaw_noise_deg=cfg.odometry_yaw_noise_deg,
+                              seed=cfg.drive_seed)
 
 
 def write_drive(cfg: SynthConfig) -> DriveSummary:
@@ -100,12 +131,18 @@ def write_drive(cfg: SynthConfig) -> DriveSummary:
     cond = CONDITIONS[cfg.condition]
     renderer = Renderer(town, cam, cond, noise_seed=cfg.drive_seed)
     traj, times = plan_drive(cfg, town)
-    poses = poses_at(traj, times, cfg.speed_mps, cfg.drive_seed, cfg.lateral_jitter_m, cfg.yaw_jitter_deg)
+    poses = drive_poses(cfg, traj, times)
     origin = GeoOrigin.from_latlon(cfg.origin_lat, cfg.origin_lon)
     t0 = int(round(cfg.start_time_s * 1e9))
     gps_times = np.arange(0.0, times[-1] + 1e-9, 1.0 / cfg.gps_hz)
-    gps_poses = poses_at(traj, gps_times, cfg.speed_mps, cfg.drive_seed, cfg.lateral_jitter_m, cfg.yaw_jitter_deg)
-    events = sorted([(int(round(t * 1e9)), 0, k) for k, t in enumerate(times)] + [(int(round(t * 1e9)), 1, k) for k, t in enumerate(gps_times)])
+    gps_poses = drive_poses(cfg, traj, gps_times)
+    events = [(int(round(t * 1e9)), 0, k) for k, t in enumerate(times)] + [(int(round(t * 1e9)), 1, k) for k, t in enumerate(gps_times)]
+    odom = np.zeros((0, 3))
+    if cfg.odometry_topic and cfg.odometry_hz > 0:
+        odom_times = np.arange(0.0, times[-1] + 1e-9, 1.0 / cfg.odometry_hz)
+        odom = wheel_odometry(drive_poses(cfg, traj, odom_times), odom_times, odometry_model(cfg), 3.0 * cfg.speed_mps)
+        events += [(int(round(t * 1e9)), 2, k) for k, t in enumerate(odom_times)]
+    events.sort()
     rng = np.random.default_rng([cfg.drive_seed, 31])
     sigma = cfg.gps_sigma_m
     log.info("drive: %s route %d, %s, %d frames over %.0f m", cfg.route, cfg.route_seed, cfg.condition, len(times), times[-1] * cfg.speed_mps)
@@ -118,6 +155,11 @@ def write_drive(cfg: SynthConfig) -> DriveSummary:
         )
         for dt_ns, what, k in tqdm(events, desc=f"synth {cfg.condition}", unit="msg"):
             stamp = t0 + dt_ns
+            if what == 2:
+                if writer is not None:
+                    writer.write_odometry(stamp, "odom", "base_link", odom[k, 0], odom[k, 1], 0.0, odom[k, 2],
+                                          (0.01, 0.01, 1e-4, 1e-6, 1e-6, 1e-4), topic=cfg.odometry_topic)
+                continue
             if what == 1:
                 pose = gps_poses[k]
                 if writer is None:
@@ -165,6 +207,6 @@ def benchmark_config(cfg: SynthConfig, n_frames: int) -> tuple[float, float]:
     renderer = Renderer(town, camera_of(cfg), CONDITIONS[cfg.condition], noise_seed=cfg.drive_seed)
     traj, _ = plan_drive(cfg, town)
     times = np.arange(n_frames) / cfg.fps
-    times = times[times * cfg.speed_mps <= traj.length]
-    poses = poses_at(traj, times, cfg.speed_mps, cfg.drive_seed, cfg.lateral_jitter_m, cfg.yaw_jitter_deg)
+    times = times[route_times(cfg, times) * cfg.speed_mps <= traj.length]
+    poses = drive_poses(cfg, traj, times)
     return benchmark(renderer, poses), benchmark(renderer, poses, cfg.jpeg_quality)

@@ -135,6 +135,38 @@ def poses_at(
     return [Pose(float(a), float(b), float(c)) for a, b, c in zip(x, y, yaw)]
 
 
+def _edge(a: tuple[int, int], b: tuple[int, int]) -> frozenset:
+    return frozenset((a, b))
+
+
+def detour_route(
+    town: Town, nodes: list[tuple[int, int]], after_m: float, min_length_m: float, seed: int
+) -> list[tuple[int, int]]:
+    """`nodes` for the first `after_m` metres, then a random walk (no U-turns) over streets `nodes` never uses.
+
+    The drive leaves the mapped route for streets with no map places (an off-map stretch); where every way on
+    lies on the route, it takes one anyway and leaves again at the next intersection.
+    """
+    used = {_edge(a, b) for a, b in zip(nodes[:-1], nodes[1:])}
+    out = [nodes[0]]
+    length = 0.0
+    for node in nodes[1:]:
+        if length >= after_m:
+            break
+        length += float(np.linalg.norm(_node_xy(town, node) - _node_xy(town, out[-1])))
+        out.append(node)
+    rng = np.random.default_rng([town.spec.seed, 13, seed])
+    nx, ny = len(town.xs), len(town.ys)
+    while length < min_length_m:
+        options = [n for n in _neighbours(out[-1], nx, ny) if len(out) < 2 or n != out[-2]]
+        fresh = [n for n in options if _edge(out[-1], n) not in used]
+        pick = fresh or options
+        nxt = pick[int(rng.integers(len(pick)))]
+        length += float(np.linalg.norm(_node_xy(town, nxt) - _node_xy(town, out[-1])))
+        out.append(nxt)
+    return out
+
+
 def make_route(town: Town, kind: str, seed: int, min_length_m: float) -> list[tuple[int, int]]:
     """The intersections of route `kind` ('random' walk with `seed`, or 'serpentine' over all streets)."""
     if kind == "random":

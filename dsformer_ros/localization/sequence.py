@@ -1,0 +1,429 @@
+"""Sequence localization: a discrete Bayes filter over the map's places, moved by odometry, weighed by retrieval.
+
+SeqSLAM's insight, that a sequence of weak matches is a strong match, in probabilistic form. The belief has three
+parts: per map place, "here and the view matches the map" (`belief`) and "here but the view matches nothing"
+(`unmatched`: night, glare, a truck; it keeps the position), plus one "off the map" mass (`lost`: no position). Every
+frame updates it by
+- a motion step: the mass of place i moves to the places near where i's pose composed with the odometry motion
+  lands, weighted by position (Gaussian; noise grows with distance, turns and the places' own GPS noise) and by
+  heading agreement (a place is a view: its heading, the direction of its mapping drive, is the robot's heading).
+  Without odometry the robot may have moved any distance up to `max_speed_mps * dt` forward (SeqSLAM's velocity
+  search). Mass whose prediction finds no place with a compatible heading leaves the map. Hazards move a little
+  mass between matched and unmatched, and spread a little over all places (the robot may have been carried
+  elsewhere, or come back onto the map: `kidnap_probability`);
+- a measurement step: each retrieved place's score becomes a likelihood ratio through the map's fitted
+  `SimilarityModel` (dsformer_ros.maps.similarity), relative to the frame's own negative level; places not retrieved
+  get the ratio of the last retrieved score (an upper bound), unmatched and off-map mass a ratio of 1. The ratio is
+  mixed with `outlier_probability` (a view that matches nothing) and the map's fitted alias rate (an unrelated place
+  that looks the same), so one frame can neither erase a well-supported belief nor create one: a sequence of
+  agreeing frames is needed.
+
+Why places and not particles in UTM: a camera can only say "this looks like place j", so the measurement is defined
+on places; the places already are the reachable, mapped poses with a heading (no particles wasted off the streets,
+no resampling noise, deterministic results), and the off-map mass gives unknown places an explicit probability
+instead of starving a particle cloud. The cost is proportional to the places holding more than the background mass
+(places at the uniform kidnap level stay where they are), not to the map's size.
+
+A fix is published only when the belief is concentrated: at least `fix_mass` of the whole belief (matched and
+unmatched) within `fix_radius_m` of the best place, at least `matched_share` of it matching the frames, and the
+current frame scoring those places better than unrelated ones (`agreement_evidence`; so the first frame after a
+kidnap gives no fix). Its covariance is the weighted spread of that mass plus half the keyframe spacing (the map's
+resolution: never below it) on x and y, plus `lateral_sigma_m` across the heading (the lanes of a road); yaw from
+the circular spread of the places' headings. States: converged (a fix), searching (not concentrated, or the frames
+stopped agreeing), lost (most of the belief unmatched or off the map: the frames match no place).
+"""
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from dsformer_ros.common.config import ConfigError
+from dsformer_ros.common.params import check_fields, setting
+from dsformer_ros.localization.odometry import Motion, OdometryTrack, OdomPose, motion_between
+from dsformer_ros.localization.pose_estimate import Fix, pose_covariance
+from dsformer_ros.maps.similarity import SimilarityModel
+
+SEQUENCE = "sequence localization (mode: sequence)"
+CONVERGED, SEARCHING, LOST = "converged", "searching", "lost"
+NS = 1_000_000_000
+# Sources below this multiple of the uniform background mass are not moved (their motion changes nothing visible).
+TRACK_ABOVE_BACKGROUND = 2.0
+
+
+@dataclass
+class SequenceConfig:
+    """Settings of the sequence filter; each field is also the node parameter of that name."""
+
+    odometry_noise_m: float = setting(
+        0.5, "Position noise (m, 1 sigma) of the motion between two frames, plus odometry_noise_fraction of the "
+        "distance.", low=0.01, high=100.0, section=SEQUENCE,
+    )
+    odometry_noise_fraction: float = setting(
+        0.1, "Position noise per metre travelled (odometry scale error and drift).", low=0.0, high=1.0,
+        section=SEQUENCE,
+    )
+    heading_tolerance_deg: float = setting(
+        30.0, "How far (deg, 1 sigma) the robot's heading may differ from a place's map heading and still be there.",
+        low=1.0, high=180.0, section=SEQUENCE,
+    )
+    max_speed_mps: float = setting(
+        20.0, "Without odometry: the fastest the robot drives forward (m/s); any speed up to it is allowed.",
+        low=0.1, high=100.0, section=SEQUENCE,
+    )
+    max_step_m: float = setting(
+        10.0, "Without odometry or stamps (ordered image sets): the longest step between frames (m).",
+        low=0.1, high=10000.0, section=SEQUENCE,
+    )
+    kidnap_probability: float = setting(
+        0.001, "Per frame: probability that the robot was carried elsewhere (spread uniformly over the map).",
+        low=0.0, high=0.5, section=SEQUENCE,
+    )
+    leave_probability: float = setting(
+        0.02, "Per frame: probability of driving off the map (into streets it has no places for).",
+        low=0.0, high=0.5, section=SEQUENCE,
+    )
+    return_probability: float = setting(
+        0.1, "Per frame: probability of coming back onto the map from off it.", low=0.0, high=1.0, section=SEQUENCE,
+    )
+    outlier_probability: float = setting(
+        0.1, "Per frame: probability that the view matches its own place no better than an unrelated one "
+        "(occlusion, glare, a passing truck); bounds the evidence one frame can give against a place.",
+        low=0.0001, high=0.9, section=SEQUENCE,
+    )
+    measurement_candidates: int = setting(
+        50, "Places retrieved per frame for the measurement step (the others get the last one's score).",
+        low=1, high=100000, section=SEQUENCE,
+    )
+    fix_mass: float = setting(
+        0.9, "A fix is published when at least this share of the belief lies within fix_radius_m of the best place.",
+        low=0.01, high=1.0, section=SEQUENCE,
+    )
+    fix_radius_m: float = setting(
+        15.0, "Radius (m) of fix_mass.", low=0.1, high=10000.0, section=SEQUENCE,
+    )
+    matched_share: float = setting(
+        0.5, "A fix also needs this share of the concentrated mass to match the recent frames (after a kidnap the "
+        "old place stops matching: no fix from it).", low=0.0, high=1.0, section=SEQUENCE,
+    )
+    agreement_evidence: float = setting(
+        0.0, "A fix also needs the current frame to favour the concentrated places over unrelated ones by this "
+        "log-likelihood ratio (prior-weighted); 0: merely not against them.", low=0.0, high=20.0, section=SEQUENCE,
+    )
+    lateral_sigma_m: float = setting(
+        2.5, "Across the road (m, 1 sigma): where a car can be on the road of the place it matches (lanes); added "
+        "to the fix covariance perpendicular to the heading, isotropically when the heading is unknown.",
+        low=0.0, high=100.0, section=SEQUENCE,
+    )
+    odometry_max_speed_mps: float = setting(
+        60.0, "Odometry implying a faster motion is a jump: counted in diagnostics and ignored.",
+        low=0.1, high=10000.0, section=SEQUENCE,
+    )
+    odometry_tolerance_s: float = setting(
+        0.5, "A frame stamped farther than this outside the odometry received is localized without odometry.",
+        low=0.0, high=60.0, section=SEQUENCE,
+    )
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid field."""
+        check_fields(self)
+        if self.kidnap_probability + self.leave_probability >= 1.0:
+            raise ConfigError("kidnap_probability + leave_probability must stay below 1")
+
+
+@dataclass
+class SequenceDecision:
+    """One frame's outcome: the fix when the belief is concentrated, the state and why, and belief summaries."""
+
+    fix: Fix | None
+    state: str
+    reason: str
+    concentrated_mass: float
+    off_map_mass: float
+    odometry_used: bool
+
+
+def _angle_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.arctan2(np.sin(a - b), np.cos(a - b))
+
+
+def _ball_pairs(tree: cKDTree, centres: np.ndarray, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(source index, target row) for every map place within radii[s] of centres[s]."""
+    lists = tree.query_ball_point(centres, radii)
+    counts = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    src = np.repeat(np.arange(len(lists)), counts)
+    tgt = np.fromiter((t for x in lists for t in x), dtype=np.int64, count=int(counts.sum()))
+    return src, tgt
+
+
+class SequenceLocalizer:
+    """The belief over a map's places (plus off-map) and its per-frame update from odometry and retrieval scores."""
+
+    def __init__(
+        self,
+        xy: np.ndarray,
+        yaw: np.ndarray,
+        place_ids: np.ndarray,
+        model: SimilarityModel,
+        config: SequenceConfig,
+        floor_sigma_m: float,
+    ) -> None:
+        config.validate()
+        self.xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        self.yaw = np.asarray(yaw, dtype=np.float64)
+        self.place_ids = np.asarray(place_ids, dtype=np.int64)
+        if not self.xy.shape[0] == self.yaw.shape[0] == self.place_ids.shape[0] >= 2:
+            raise ValueError("sequence localization needs at least 2 places with one position, yaw and id each")
+        if not floor_sigma_m > 0:
+            raise ValueError(f"floor_sigma_m must be > 0, got {floor_sigma_m}")
+        model.validate()
+        self.model = model
+        self.config = config
+        self.n = self.xy.shape[0]
+        self.tree = cKDTree(self.xy)
+        self.spacing_m = 2.0 * floor_sigma_m
+        self.floor_sigma_m = floor_sigma_m
+        self.extent_sigma_m = max(model.place_sigma_m, floor_sigma_m)
+        self.heading_sigma = math.radians(config.heading_tolerance_deg)
+        self.alias_rate = min(max(model.alias_rate, math.log(2.0) / self.n), 0.5)
+        self.odometry = OdometryTrack(config.odometry_max_speed_mps, config.odometry_tolerance_s)
+        self.frames = 0
+        self.frames_without_odometry = 0
+        self.resets = 0
+        self.last_decision: SequenceDecision | None = None
+        self._lock = threading.RLock()
+        self._clear()
+
+    # ---------------------------------------------------------------- state
+    def reset(self) -> None:
+        """Forget where the robot is (~/relocalize): the belief starts again from nothing known."""
+        with self._lock:
+            self._clear()
+            self.resets += 1
+
+    def _clear(self) -> None:
+        """Half the belief uniform over the places, half off the map; no previous frame."""
+        self.belief = np.full(self.n, 0.5 / self.n)
+        self.unmatched = np.zeros(self.n)
+        self.lost = 0.5
+        self._prior = self.belief.copy()
+        self._llr = np.zeros(self.n)
+        self.frames_since_reset = 0
+        self._last_stamp: int | None = None
+        self._last_odom: OdomPose | None = None
+
+    def add_odometry(self, stamp_ns: int, x: float, y: float, yaw: float) -> str:
+        """Store one odometry pose (its own frame); '' when accepted, else why it was ignored (also counted)."""
+        return self.odometry.add(stamp_ns, x, y, yaw)
+
+    @property
+    def off_map(self) -> float:
+        """Share of the belief whose views match no map place (off the map, kidnapped, unfamiliar views)."""
+        return float(self.unmatched.sum() + self.lost)
+
+    def status(self) -> dict[str, float | int | str]:
+        """Counters and the last state for diagnostics."""
+        last = self.last_decision
+        return {
+            "sequence_state": last.state if last else SEARCHING,
+            "sequence_reason": last.reason if last else "no frame yet",
+            "sequence_concentrated_mass": last.concentrated_mass if last else 0.0,
+            "sequence_off_map_mass": last.off_map_mass if last else self.off_map,
+            "sequence_frames": self.frames,
+            "sequence_frames_without_odometry": self.frames_without_odometry,
+            "sequence_resets": self.resets,
+            **self.odometry.counts(),
+        }
+
+    # ---------------------------------------------------------------- update
+    def update(self, stamp_ns: int | None, rows: np.ndarray, scores: np.ndarray, reference: float) -> SequenceDecision:
+        """One frame: motion since the last frame, then the retrieved rows' scores (best first); the decision."""
+        rows = np.asarray(rows, dtype=np.int64)
+        scores = np.asarray(scores, dtype=np.float64)
+        keep = (rows >= 0) & np.isfinite(scores)
+        rows, scores = rows[keep], scores[keep]
+        with self._lock:
+            if stamp_ns is not None and self._last_stamp is not None and stamp_ns < self._last_stamp:
+                self.reset()
+            first = self.frames_since_reset == 0
+            motion, dt_s = self._motion(stamp_ns, first)
+            self.frames += 1
+            if not first:
+                self._predict(motion, dt_s)
+            self.frames_since_reset += 1
+            self._measure(rows, scores, reference)
+            decision = self._decide(rows, scores, motion is not None)
+            self.last_decision = decision
+            return decision
+
+    def _motion(self, stamp_ns: int | None, first: bool) -> tuple[Motion | None, float | None]:
+        """Odometry motion and elapsed seconds since the previous frame (None where unknown)."""
+        dt_s = None
+        if stamp_ns is not None and self._last_stamp is not None:
+            dt_s = (stamp_ns - self._last_stamp) / NS
+        pose = self.odometry.pose_at(stamp_ns) if stamp_ns is not None else None
+        motion = motion_between(self._last_odom, pose) if pose is not None and self._last_odom is not None else None
+        if not first and motion is None:
+            self.frames_without_odometry += 1
+        self._last_odom = pose
+        self._last_stamp = stamp_ns if stamp_ns is not None else self._last_stamp
+        return motion, dt_s
+
+    def _predict(self, motion: Motion | None, dt_s: float | None) -> None:
+        """Motion step: move tracked mass (matched and unmatched), spread what finds no place, apply the hazards."""
+        cfg = self.config
+        background = cfg.kidnap_probability / self.n
+        sources = np.flatnonzero(np.maximum(self.belief, self.unmatched) > TRACK_ABOVE_BACKGROUND * background)
+        if sources.size == 0:
+            sources = np.array([int(np.argmax(self.belief + self.unmatched))])
+        lost = 0.0
+        moved = []
+        for part in (self.belief, self.unmatched):
+            out = part.copy()
+            out[sources] = 0.0
+            target, leaked = self._transition(sources, part[sources], motion, dt_s)
+            moved.append(out + target)
+            lost += leaked
+        matched, unmatched = moved
+        leave, kidnap, back = cfg.leave_probability, cfg.kidnap_probability, cfg.return_probability
+        total = matched.sum() + unmatched.sum() + self.lost + lost
+        self.belief = matched * (1.0 - leave - kidnap) + back * unmatched + kidnap * total / self.n
+        self.unmatched = unmatched * (1.0 - back - kidnap) + leave * matched
+        self.lost = (self.lost + lost) * (1.0 - kidnap)
+        norm = self.belief.sum() + self.unmatched.sum() + self.lost
+        self.belief /= norm
+        self.unmatched /= norm
+        self.lost /= norm
+
+    def _transition(
+        self, sources: np.ndarray, mass: np.ndarray, motion: Motion | None, dt_s: float | None
+    ) -> tuple[np.ndarray, float]:
+        """Mass of `sources` moved to the places (N,) and the mass that found no place (off the map)."""
+        cfg = self.config
+        yaw_s = self.yaw[sources]
+        known = np.isfinite(yaw_s)
+        yaw_k = np.where(known, yaw_s, 0.0)
+        unit = np.column_stack([np.cos(yaw_k), np.sin(yaw_k)])
+        if motion is not None:
+            # A robot off a place's line (another lane) by up to the place's extent moves differently in a turn.
+            # The places' own positions are known to about a keyframe spacing (GPS noise of the mapping drive).
+            sigma = cfg.odometry_noise_m + cfg.odometry_noise_fraction * motion.distance + self.spacing_m \
+                + self.extent_sigma_m * abs(motion.dyaw)
+            offset = np.column_stack([unit[:, 0] * motion.dx - unit[:, 1] * motion.dy,
+                                      unit[:, 1] * motion.dx + unit[:, 0] * motion.dy])
+            centre = np.where(known[:, None], self.xy[sources] + offset, self.xy[sources])
+            reach = np.where(known, 0.0, motion.distance)
+            turn, heading_sigma = motion.dyaw, self.heading_sigma
+        else:
+            step = cfg.max_speed_mps * dt_s if dt_s is not None and dt_s > 0 else cfg.max_step_m
+            sigma = cfg.odometry_noise_m + self.spacing_m
+            centre = np.where(known[:, None], self.xy[sources] + unit * step / 2.0, self.xy[sources])
+            reach = np.where(known, step / 2.0, step)
+            turn, heading_sigma = 0.0, 2.0 * self.heading_sigma
+        src, tgt = _ball_pairs(self.tree, centre, reach + 3.0 * sigma + self.spacing_m)
+        out = np.zeros(self.n)
+        if src.size == 0:
+            return out, float(mass.sum())
+        p_t = self.xy[tgt]
+        origin = self.xy[sources][src]
+        if motion is not None:
+            d_known = np.linalg.norm(p_t - centre[src], axis=1)
+            d_ring = np.abs(np.linalg.norm(p_t - origin, axis=1) - reach[src])
+            miss = np.where(known[src], d_known, d_ring)
+        else:
+            along = np.clip(((p_t - origin) * unit[src]).sum(axis=1), 0.0, 2.0 * reach[src])
+            d_segment = np.linalg.norm(p_t - (origin + unit[src] * along[:, None]), axis=1)
+            d_disc = np.maximum(np.linalg.norm(p_t - origin, axis=1) - reach[src], 0.0)
+            miss = np.where(known[src], d_segment, d_disc)
+        g = np.exp(-0.5 * (miss / sigma) ** 2)
+        yaw_t = self.yaw[tgt]
+        turn_err = _angle_diff(yaw_t, yaw_s[src] + turn)
+        h = np.where(known[src] & np.isfinite(yaw_t), np.exp(-0.5 * (turn_err / heading_sigma) ** 2), 1.0)
+        w = g * h
+        norm = np.bincount(src, weights=w, minlength=sources.size)
+        # Mass stays on the map when some place within 3 sigma of the prediction has a heading within 2 sigma.
+        retained = np.zeros(sources.size)
+        np.maximum.at(retained, src, np.minimum(h / math.exp(-2.0), 1.0) * (g > math.exp(-4.5)))
+        ok = norm > 0
+        share = np.where(ok[src], w / np.where(norm[src] > 0, norm[src], 1.0), 0.0)
+        carried = mass * retained
+        out = np.bincount(tgt, weights=share * carried[src], minlength=self.n)
+        return out, float((mass - np.where(ok, carried, 0.0)).sum())
+
+    def _measure(self, rows: np.ndarray, scores: np.ndarray, reference: float) -> None:
+        """Measurement step: weigh each place by its score's likelihood ratio (unmatched views: ratio 1)."""
+        self._prior = self.belief.copy()
+        self._llr = np.zeros(self.n)
+        if rows.size == 0:
+            return
+        floor = float(scores.min())
+        llr = np.full(self.n, float(self.model.log_likelihood_ratio(np.array([floor]), reference, self.n)[0]))
+        if rows.size >= self.n:
+            llr[:] = 0.0
+        llr[rows] = self.model.log_likelihood_ratio(scores, reference, self.n)
+        eps, alias = self.config.outlier_probability, self.alias_rate
+        llr = np.logaddexp(math.log1p(-eps) + llr, math.log(eps)) - np.logaddexp(math.log1p(-alias), math.log(alias) + llr)
+        top = max(float(llr.max()), 0.0)
+        self._prior = self.belief.copy()
+        self._llr = llr
+        self.belief = self.belief * np.exp(llr - top)
+        self.unmatched = self.unmatched * math.exp(-top)
+        self.lost = self.lost * math.exp(-top)
+        total = self.belief.sum() + self.unmatched.sum() + self.lost
+        if not total > 0 or not math.isfinite(total):
+            self._clear()
+            return
+        self.belief /= total
+        self.unmatched /= total
+        self.lost /= total
+
+    def _decide(self, rows: np.ndarray, scores: np.ndarray, odometry_used: bool) -> SequenceDecision:
+        """Fix when the belief is concentrated and the frames agree with it; state and reason either way."""
+        cfg = self.config
+        where = self.belief + self.unmatched
+        best = int(np.argmax(where))
+        near = self.tree.query_ball_point(self.xy[best], cfg.fix_radius_m)
+        centre = (where[near, None] * self.xy[near]).sum(axis=0) / max(where[near].sum(), 1e-300)
+        near = np.asarray(self.tree.query_ball_point(centre, cfg.fix_radius_m), dtype=np.int64)
+        if near.size == 0:
+            near = np.array([best])
+        mass = float(where[near].sum())
+        matched = float(self.belief[near].sum())
+        off = self.off_map
+        prior = self._prior[near]
+        agrees = float((prior * np.exp(self._llr[near])).sum()) >= math.exp(cfg.agreement_evidence) * float(prior.sum())
+        if mass >= cfg.fix_mass and matched >= cfg.matched_share * mass and agrees:
+            fix = self._fix(near, where, rows, scores, best)
+            reason = f"converged: {100 * mass:.1f}% of the belief within fix_radius_m={cfg.fix_radius_m:g} of place " \
+                     f"{int(self.place_ids[best])}, {100 * matched / mass:.0f}% of it matching the frames"
+            return SequenceDecision(fix, CONVERGED, reason, mass, off, odometry_used)
+        if off >= 0.5:
+            reason = f"lost: {100 * off:.1f}% of the belief says the frames match no map place " \
+                     "(off the map, kidnapped, or an unfamiliar view)"
+            return SequenceDecision(None, LOST, reason, mass, off, odometry_used)
+        if mass >= cfg.fix_mass and not agrees:
+            reason = "searching: the belief is concentrated but this frame scores its places no better than " \
+                     "unrelated ones (disagreement: kidnapped, off the map, or a poor view)"
+        elif mass >= cfg.fix_mass:
+            reason = f"searching: the belief is concentrated but only {100 * matched / mass:.0f}% of it matches the " \
+                     f"frames (matched_share={cfg.matched_share:g}): the frames stopped agreeing with it"
+        else:
+            reason = f"searching: {100 * mass:.1f}% of the belief within fix_radius_m={cfg.fix_radius_m:g} of the " \
+                     f"best place (fix_mass={cfg.fix_mass:g}), {100 * off:.1f}% matching no place"
+        return SequenceDecision(None, SEARCHING, reason, mass, off, odometry_used)
+
+    def _fix(self, near: np.ndarray, where: np.ndarray, rows: np.ndarray, scores: np.ndarray, best: int) -> Fix:
+        """The fix of the concentrated mass: its mean, its spread plus the lateral and resolution terms, its yaw."""
+        mean, cov, yaw, yaw_known = pose_covariance(self.xy[near], where[near], self.yaw[near], self.floor_sigma_m)
+        if yaw_known:
+            normal = np.array([-math.sin(yaw), math.cos(yaw)])
+            cov[:2, :2] += self.config.lateral_sigma_m**2 * np.outer(normal, normal)
+        else:
+            cov[:2, :2] += self.config.lateral_sigma_m**2 * np.eye(2)
+        retrieved = np.flatnonzero(np.isin(rows, near))
+        return Fix(easting=float(mean[0]), northing=float(mean[1]), yaw=yaw, yaw_known=yaw_known, covariance=cov,
+                   place_id=int(self.place_ids[best]),
+                   score=float(scores[retrieved[0]]) if retrieved.size else float("nan"), agreeing=int(retrieved.size))

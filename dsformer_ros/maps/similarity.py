@@ -1,0 +1,301 @@
+"""The map's measurement model: how descriptor similarity depends on distance, fitted from the map's own places.
+
+The sequence localizer turns retrieval scores into likelihoods. Instead of guessing how much a score of 0.7 says,
+we fit it from the map: pairs of places that look the same way (headings within 45 degrees) close together are
+"positives", pairs far apart are "negatives". An equal-variance Gaussian model of the two score populations gives
+the log-likelihood ratio of a score as a straight line with slope delta / sigma^2; its zero point lies above the
+query's own negative level (`reference`: its median score against a fixed sample of places) by what the best of the
+map's unrelated places typically reaches, so a change of light or weather that lowers every score alike does not
+move the evidence. The same fit gives the map's visual
+resolution: the distance at which neighbouring places' similarity has fallen half-way to the negative level,
+converted to the sigma of a Gaussian (`place_sigma_m`), which bounds how precisely one place can say where a robot
+is. `build-map` stores the model in the manifest's `similarity` section; `dsformer-vpr fit-similarity MAP` adds it
+to an existing map.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy.spatial import cKDTree
+from scipy.stats import norm
+
+from dsformer_ros.common.config import ConfigError, from_dict, to_dict
+
+if TYPE_CHECKING:
+    from dsformer_ros.maps.placemap import PlaceMap
+
+log = logging.getLogger(__name__)
+
+HEADING_TOLERANCE_RAD = math.radians(45.0)
+# Distance bins of the similarity profile, in keyframe spacings, and pairs sampled per population.
+PROFILE_BINS = 16
+MAX_PAIRS = 20000
+MIN_PAIRS = 10
+# Half-height of a Gaussian kernel: d_half = sigma * sqrt(2 ln 2).
+HALF_HEIGHT = math.sqrt(2.0 * math.log(2.0))
+REFERENCE_SAMPLE = 512
+DRIVE_BASELINE_M = 16.0
+
+
+class SimilarityFitError(ValueError):
+    """The map's places cannot give a measurement model (too few places, pairs, or no contrast); says why."""
+
+
+@dataclasses.dataclass
+class SimilarityModel:
+    """Fitted score populations (positives: nearby same-heading places; negatives: distant places) and resolution."""
+
+    positive_mean: float
+    positive_std: float
+    negative_mean: float
+    negative_std: float
+    place_sigma_m: float
+    positive_radius_m: float
+    negative_radius_m: float
+    keyframe_spacing_m: float
+    positive_pairs: int
+    negative_pairs: int
+    places: int = 0  # places of the map the model was fitted on (for the null level and the alias rate)
+    alias_rate: float = 0.0  # share of distant place pairs scoring above the null level: how often a view aliases
+    profile_m: list[float] = dataclasses.field(default_factory=list)
+    profile_similarity: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def delta(self) -> float:
+        """Mean score gap between positives and negatives."""
+        return self.positive_mean - self.negative_mean
+
+    @property
+    def pooled_std(self) -> float:
+        """Common standard deviation of the equal-variance model."""
+        return math.sqrt((self.positive_std**2 + self.negative_std**2) / 2.0)
+
+    @property
+    def slope(self) -> float:
+        """Log-likelihood ratio per unit of score."""
+        return self.delta / self.pooled_std**2
+
+    def null_level(self, places: int) -> float:
+        """How far above a query's negative level the best of `places` unrelated places typically scores."""
+        z = float(norm.isf(math.log(2.0) / max(places, 2)))
+        return min(self.negative_std * z, self.delta / 2.0)
+
+    def log_likelihood_ratio(self, scores: np.ndarray, reference: float, places: int) -> np.ndarray:
+        """Evidence (log-likelihood ratio) that the query is at each scored place rather than elsewhere.
+
+        The slope is the equal-variance Gaussian model's; the zero point lies `null_level(places)` above the query's
+        negative level `reference`: a score counts for a place only when it beats what the best of the map's
+        unrelated places would typically reach. The zero point does not use the positive mean of the map's own
+        (same-condition) pairs, because a query in other light or weather scores lower against its true place.
+        """
+        return self.slope * (np.asarray(scores, dtype=np.float64) - reference - self.null_level(places))
+
+    def validate(self) -> None:
+        """Raise SimilarityFitError unless the populations are separated and the numbers are finite."""
+        values = [self.positive_mean, self.positive_std, self.negative_mean, self.negative_std, self.place_sigma_m]
+        if not all(math.isfinite(v) for v in values):
+            raise SimilarityFitError(f"similarity model has non-finite values: {values}")
+        if not self.delta > 0:
+            raise SimilarityFitError(
+                f"nearby places are not more similar than distant ones (positive mean {self.positive_mean:.3f}, "
+                f"negative mean {self.negative_mean:.3f}): the descriptors do not tell places apart"
+            )
+        if not (self.positive_std > 0 and self.negative_std > 0 and self.place_sigma_m > 0):
+            raise SimilarityFitError("similarity model needs positive standard deviations and place sigma")
+
+    def to_manifest(self) -> dict:
+        """The manifest's `similarity` section."""
+        return to_dict(self)
+
+    @classmethod
+    def from_manifest(cls, section: dict) -> "SimilarityModel":
+        """Parse and check a manifest `similarity` section."""
+        try:
+            model = from_dict(cls, section)
+        except ConfigError as exc:
+            raise SimilarityFitError(f"the manifest's similarity section is not understood: {exc}") from None
+        model.validate()
+        return model
+
+
+def _angle_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(np.arctan2(np.sin(a - b), np.cos(a - b)))
+
+
+def _dots(descriptors: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Cosine similarity of row pairs (descriptors are L2-normalised), in chunks (works on memory maps)."""
+    out = np.empty(i.shape[0], dtype=np.float64)
+    for start in range(0, i.shape[0], 4096):
+        a = np.asarray(descriptors[i[start : start + 4096]], dtype=np.float32)
+        b = np.asarray(descriptors[j[start : start + 4096]], dtype=np.float32)
+        out[start : start + 4096] = np.einsum("kd,kd->k", a, b)
+    return out
+
+
+def _subsample(n: int, limit: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(n, size=limit, replace=False)) if n > limit else np.arange(n)
+
+
+def fit_similarity(
+    descriptors: np.ndarray,
+    xy: np.ndarray,
+    yaw: np.ndarray,
+    *,
+    negative_radius_m: float = 50.0,
+    seed: int = 0,
+) -> SimilarityModel:
+    """Fit the measurement model from a map's descriptors (N, D), UTM positions (N, 2) and ENU yaws (N,; NaN unknown)."""
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    yaw = np.asarray(yaw, dtype=np.float64)
+    n = xy.shape[0]
+    if n < 4:
+        raise SimilarityFitError(f"a measurement model needs at least 4 places, the map has {n}")
+    rng = np.random.default_rng(seed)
+    tree = cKDTree(xy)
+    nearest, _ = tree.query(xy, k=2)
+    spacing = float(np.median(nearest[:, 1]))
+    if not spacing > 0:
+        raise SimilarityFitError("the median keyframe spacing is 0 m (places share positions)")
+    bin_m = spacing
+    reach = min(PROFILE_BINS * bin_m, negative_radius_m)
+    pairs = tree.query_pairs(reach, output_type="ndarray")
+    if pairs.shape[0]:
+        pairs = pairs[_subsample(pairs.shape[0], 4 * MAX_PAIRS, rng)]
+        known = np.isfinite(yaw[pairs[:, 0]]) & np.isfinite(yaw[pairs[:, 1]])
+        same = ~known | (_angle_diff(yaw[pairs[:, 0]], yaw[pairs[:, 1]]) <= HEADING_TOLERANCE_RAD)
+        pairs = pairs[same]
+    if pairs.shape[0] < MIN_PAIRS:
+        raise SimilarityFitError(f"only {pairs.shape[0]} same-heading place pairs within {reach:.1f} m: map too sparse")
+    pair_d = np.linalg.norm(xy[pairs[:, 0]] - xy[pairs[:, 1]], axis=1)
+    pair_s = _dots(descriptors, pairs[:, 0], pairs[:, 1])
+    a = rng.integers(0, n, size=8 * MAX_PAIRS)
+    b = rng.integers(0, n, size=8 * MAX_PAIRS)
+    far = np.linalg.norm(xy[a] - xy[b], axis=1) > negative_radius_m
+    a, b = a[far][:MAX_PAIRS], b[far][:MAX_PAIRS]
+    if a.shape[0] < MIN_PAIRS:
+        raise SimilarityFitError(
+            f"only {a.shape[0]} place pairs lie more than negative_radius_m={negative_radius_m:g} m apart: "
+            "the map is too small to measure how distant places look"
+        )
+    neg = _dots(descriptors, a, b)
+    negative_mean, negative_std = float(neg.mean()), float(neg.std())
+    edges = np.arange(PROFILE_BINS + 1) * bin_m
+    centres, levels = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (pair_d > lo) & (pair_d <= hi)
+        if inside.sum() >= 3:
+            centres.append(float((lo + hi) / 2.0))
+            levels.append(float(pair_s[inside].mean()))
+    if not levels:
+        raise SimilarityFitError("no distance bin holds enough same-heading pairs for a similarity profile")
+    half = (levels[0] + negative_mean) / 2.0
+    radius = centres[-1]
+    for k in range(1, len(levels)):
+        if levels[k] <= half:
+            d0, d1, s0, s1 = centres[k - 1], centres[k], levels[k - 1], levels[k]
+            radius = d0 + (d1 - d0) * (s0 - half) / (s0 - s1) if s0 != s1 else d1
+            break
+    radius = max(radius, spacing)
+    positives = pair_s[pair_d <= radius]
+    if positives.shape[0] < MIN_PAIRS:
+        positives = pair_s[np.argsort(pair_d)[:MIN_PAIRS]]
+    z = float(norm.isf(math.log(2.0) / max(n, 2)))
+    null = min(max(negative_std, 1e-3) * z, (float(positives.mean()) - negative_mean) / 2.0)
+    alias = max(float((neg - negative_mean > null).mean()), math.log(2.0) / n)
+    model = SimilarityModel(
+        positive_mean=float(positives.mean()),
+        positive_std=float(max(positives.std(), 1e-3)),
+        negative_mean=negative_mean,
+        negative_std=float(max(negative_std, 1e-3)),
+        place_sigma_m=float(radius / HALF_HEIGHT),
+        positive_radius_m=float(radius),
+        negative_radius_m=float(negative_radius_m),
+        keyframe_spacing_m=spacing,
+        positive_pairs=int(positives.shape[0]),
+        negative_pairs=int(neg.shape[0]),
+        places=int(n),
+        alias_rate=alias,
+        profile_m=[round(c, 3) for c in centres],
+        profile_similarity=[round(v, 5) for v in levels],
+    )
+    model.validate()
+    return model
+
+
+def reference_rows(n: int, size: int = REFERENCE_SAMPLE) -> np.ndarray:
+    """Evenly spread rows of a map whose scores give a query's negative level (its median score against them)."""
+    return np.unique(np.linspace(0, n - 1, num=min(n, size)).round().astype(np.int64))
+
+
+def drive_yaw(xy: np.ndarray, stamp_ns: np.ndarray, stored_yaw: np.ndarray, baseline_m: float = DRIVE_BASELINE_M) -> np.ndarray:
+    """Each place's ENU yaw as the direction of its drive through it, over `baseline_m` of that drive.
+
+    Places are ordered by stamp and cut into drives where consecutive places lie far apart; the heading a map stores
+    comes from a short GPS baseline and is easily tens of degrees off with metre-level GPS noise, while the drive's
+    direction over 16 m is good to a few degrees. A place alone in its drive keeps its stored yaw.
+    """
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    out = np.asarray(stored_yaw, dtype=np.float64).copy()
+    n = xy.shape[0]
+    if n < 2:
+        return out
+    order = np.argsort(np.asarray(stamp_ns), kind="stable")
+    p = xy[order]
+    step = np.hypot(*np.diff(p, axis=0).T)
+    spacing = float(np.median(step)) if step.size else 0.0
+    cut = np.flatnonzero(step > max(10.0, 5.0 * spacing)) + 1
+    for part in np.split(np.arange(n), cut):
+        if part.size < 2:
+            continue
+        q = p[part]
+        s = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(q, axis=0).T))])
+        lo = np.searchsorted(s, s - baseline_m / 2.0)
+        hi = np.clip(np.searchsorted(s, s + baseline_m / 2.0, side="right") - 1, 0, part.size - 1)
+        d = q[hi] - q[lo]
+        ok = np.hypot(d[:, 0], d[:, 1]) > 0
+        out[order[part[ok]]] = np.arctan2(d[ok, 1], d[ok, 0])
+    return out
+
+
+def place_poses(place_map: "PlaceMap") -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2) UTM positions and (N,) ENU yaws (rad; from the drive's direction, see `drive_yaw`) of a map's places."""
+    meta = place_map.metadata
+    xy = np.column_stack([np.asarray(meta.easting, np.float64), np.asarray(meta.northing, np.float64)])
+    yaw = np.pi / 2.0 - np.radians(np.asarray(meta.heading_deg, dtype=np.float64))
+    return xy, drive_yaw(xy, np.asarray(meta.stamp_ns), np.arctan2(np.sin(yaw), np.cos(yaw)))
+
+
+def fit_map_similarity(place_map: "PlaceMap") -> SimilarityModel:
+    """Fit the measurement model of a loaded map from its own descriptors and place poses."""
+    xy, yaw = place_poses(place_map)
+    return fit_similarity(place_map.descriptors, xy, yaw)
+
+
+def map_similarity(place_map: "PlaceMap") -> SimilarityModel:
+    """The map's stored measurement model; fitted now (with a warning saying how to store it) when the map has none."""
+    if place_map.manifest.similarity:
+        return SimilarityModel.from_manifest(place_map.manifest.similarity)
+    started = time.monotonic()
+    model = fit_map_similarity(place_map)
+    log.warning("the map has no similarity section (built before sequence localization); fitted it at load in "
+                "%.1f s; store it with: dsformer-vpr fit-similarity MAP", time.monotonic() - started)
+    return model
+
+
+def attach_similarity(place_map: "PlaceMap") -> SimilarityModel | None:
+    """Fit the model of a map about to be saved into its manifest; None (logged) when the map cannot give one."""
+    try:
+        model = fit_map_similarity(place_map)
+    except SimilarityFitError as exc:
+        log.warning("no similarity model stored in the map (sequence localization will refuse it): %s", exc)
+        return None
+    place_map.manifest.similarity = model.to_manifest()
+    log.info("similarity model: positives %.3f +- %.3f, negatives %.3f +- %.3f, place sigma %.1f m, alias rate %.4f",
+             model.positive_mean, model.positive_std, model.negative_mean, model.negative_std, model.place_sigma_m,
+             model.alias_rate)
+    return model

@@ -1,0 +1,263 @@
+"""The sequence localizer (dsformer_ros.localization.sequence) on constructed maps with a smooth appearance field.
+
+Each map place and each query view gets a descriptor from a fixed random field of the position looked at (8 m
+ahead along the heading), so nearby views look alike, distant ones do not, and opposite headings differ. Queries
+drive the other lane (3.5 m off the map's line) with descriptor noise (another light), as in the demo.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dsformer_ros.localization.sequence import CONVERGED, LOST, SequenceConfig, SequenceLocalizer
+from dsformer_ros.maps.similarity import SimilarityFitError, fit_similarity, reference_rows
+
+NS = 1_000_000_000
+
+
+class World:
+    """A smooth random appearance field; `period_y` repeats it north-south (streets that look identical)."""
+
+    def __init__(self, seed: int = 0, dim: int = 64, period_y: float | None = None) -> None:
+        rng = np.random.default_rng(seed)
+        angle = rng.uniform(0, 2 * np.pi, dim)
+        wavelength = rng.uniform(12.0, 40.0, dim)
+        self.w = np.column_stack([np.cos(angle), np.sin(angle)]) * (2 * np.pi / wavelength)[:, None]
+        self.phase = rng.uniform(0, 2 * np.pi, dim)
+        self.period_y = period_y
+
+    def describe(self, xy: np.ndarray, yaw: np.ndarray, noise: float = 0.0, rng: np.random.Generator | None = None):
+        xy = np.atleast_2d(np.asarray(xy, dtype=np.float64))
+        yaw = np.atleast_1d(np.asarray(yaw, dtype=np.float64))
+        look = xy + 8.0 * np.column_stack([np.cos(yaw), np.sin(yaw)])
+        if self.period_y:
+            look[:, 1] = np.mod(look[:, 1], self.period_y)
+        f = np.cos(look @ self.w.T + self.phase)
+        if noise:
+            f = f + noise * rng.standard_normal(f.shape)
+        return (f / np.linalg.norm(f, axis=1, keepdims=True)).astype(np.float32)
+
+
+def polyline(points: list[tuple[float, float]], spacing: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """Places every `spacing` m along straight segments through `points`, with the segment's yaw."""
+    xy, yaw = [], []
+    for (x0, y0), (x1, y1) in zip(points[:-1], points[1:]):
+        length = math.hypot(x1 - x0, y1 - y0)
+        t = np.arange(0.0, length, spacing) / length
+        xy.append(np.column_stack([x0 + t * (x1 - x0), y0 + t * (y1 - y0)]))
+        yaw.append(np.full(t.shape, math.atan2(y1 - y0, x1 - x0)))
+    return np.concatenate(xy), np.concatenate(yaw)
+
+
+class Map:
+    """Places, descriptors and a fitted model; `localizer()` makes a fresh SequenceLocalizer over them."""
+
+    def __init__(self, world: World, xy: np.ndarray, yaw: np.ndarray) -> None:
+        self.world, self.xy, self.yaw = world, xy, yaw
+        self.descriptors = world.describe(xy, yaw)
+        self.model = fit_similarity(self.descriptors, xy, yaw)
+        self.reference = self.descriptors[reference_rows(len(xy))]
+
+    def localizer(self, **overrides) -> SequenceLocalizer:
+        return SequenceLocalizer(self.xy, self.yaw, np.arange(len(self.xy)) + 1000, self.model,
+                                 SequenceConfig(**overrides), floor_sigma_m=1.0)
+
+    def frame(self, loc: SequenceLocalizer, stamp_ns, query: np.ndarray, k: int = 50):
+        scores = self.descriptors @ query
+        rows = np.argsort(-scores)[:k]
+        return loc.update(stamp_ns, rows, scores[rows], float(np.median(self.reference @ query)))
+
+
+def drive(track_xy: np.ndarray, track_yaw: np.ndarray, lane: float = -3.5):
+    """Query poses offset `lane` m to the left of travel (negative: right)."""
+    left = np.column_stack([-np.sin(track_yaw), np.cos(track_yaw)])
+    return track_xy + lane * left, track_yaw
+
+
+def run(m: Map, loc: SequenceLocalizer, xy: np.ndarray, yaw: np.ndarray, *, dt: float = 0.5, seed: int = 1,
+        noise: float = 1.0, odometry=None, world: World | None = None):
+    """Feed the poses (with odometry from `odometry(k, x, y, yaw)` or none); per frame (decision, error m)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(len(xy)):
+        stamp = int(k * dt * NS)
+        if odometry is not None:
+            odom = odometry(k, xy[k], yaw[k])
+            if odom is not None:
+                loc.add_odometry(stamp, *odom)
+        query = (world or m.world).describe(xy[k], yaw[k], noise, rng)[0]
+        d = m.frame(loc, stamp, query)
+        err = math.hypot(d.fix.easting - xy[k, 0], d.fix.northing - xy[k, 1]) if d.fix else math.nan
+        out.append((d, err))
+    return out
+
+
+def wheel(scale: float = 1.04, drift_deg_per_m: float = 0.05):
+    """Drifting wheel odometry in its own frame: scaled distance, slowly turning heading, integrated."""
+    state = {"last": None, "pose": np.zeros(3)}
+
+    def odometry(k, xy, yaw):
+        last = state["last"]
+        if last is not None:
+            step = math.hypot(*(xy - last[0])) * scale
+            turn = math.atan2(math.sin(yaw - last[1]), math.cos(yaw - last[1])) + math.radians(drift_deg_per_m) * step
+            p = state["pose"]
+            p[2] += turn
+            p[0] += step * math.cos(p[2])
+            p[1] += step * math.sin(p[2])
+        state["last"] = (xy.copy(), yaw)
+        return tuple(state["pose"])
+
+    return odometry
+
+
+def sampled(path_xy: np.ndarray, path_yaw: np.ndarray, every: float, speed_step: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every `speed_step` m along a densely sampled path (spacing `every`)."""
+    idx = np.arange(0, len(path_xy), int(round(speed_step / every)))
+    return path_xy[idx], path_yaw[idx]
+
+
+@pytest.fixture(scope="module")
+def straight() -> Map:
+    xy, yaw = polyline([(0.0, 0.0), (600.0, 0.0)])
+    return Map(World(0), xy, yaw)
+
+
+def fixes(results) -> tuple[np.ndarray, np.ndarray]:
+    err = np.array([e for _, e in results])
+    sigma = np.array([math.sqrt((d.fix.covariance[0, 0] + d.fix.covariance[1, 1]) / 2) if d.fix else math.nan
+                      for d, _ in results])
+    return err, sigma
+
+
+def test_fit_separates_near_and_far_places(straight: Map) -> None:
+    model = straight.model
+    assert model.positive_mean > model.negative_mean + 0.3
+    assert 2.0 <= model.place_sigma_m <= 10.0
+    assert model.positive_pairs >= 10 and model.negative_pairs >= 10
+    assert model.from_manifest(model.to_manifest()) == model
+
+
+def test_fit_refuses_descriptors_that_do_not_tell_places_apart() -> None:
+    xy, yaw = polyline([(0.0, 0.0), (300.0, 0.0)])
+    same = np.tile(np.eye(1, 16, dtype=np.float32), (len(xy), 1))
+    with pytest.raises(SimilarityFitError, match="not more similar"):
+        fit_similarity(same, xy, yaw)
+
+
+def test_straight_road_with_drifting_odometry_converges_and_stays_right(straight: Map) -> None:
+    path_xy, path_yaw = drive(*sampled(straight.xy[10:250], straight.yaw[10:250], 2.0, 4.0))
+    results = run(straight, straight.localizer(), path_xy, path_yaw, odometry=wheel())
+    err, sigma = fixes(results)
+    accepted = np.isfinite(err)
+    assert accepted[5:].mean() >= 0.8  # frames whose scores do not beat unrelated places give no fix
+    assert np.nanmax(err) < 10.0
+    assert np.nanmin(sigma) >= 1.0
+    assert all(d.odometry_used for d, _ in results[1:])
+
+
+def test_straight_road_without_odometry_converges(straight: Map) -> None:
+    path_xy, path_yaw = drive(*sampled(straight.xy[10:250], straight.yaw[10:250], 2.0, 4.0))
+    loc = straight.localizer()
+    results = run(straight, loc, path_xy, path_yaw)
+    err, _ = fixes(results)
+    assert np.isfinite(err)[10:].mean() >= 0.8
+    assert np.nanmax(err) < 15.0
+    assert loc.frames_without_odometry == len(path_xy) - 1
+
+
+def test_loop_with_corners_is_tracked_all_the_way_round() -> None:
+    xy, yaw = polyline([(0.0, 0.0), (150.0, 0.0), (150.0, 120.0), (0.0, 120.0), (0.0, 0.0)])
+    m = Map(World(3), xy, yaw)
+    path_xy, path_yaw = drive(*sampled(np.concatenate([xy, xy]), np.concatenate([yaw, yaw]), 2.0, 4.0))
+    results = run(m, m.localizer(), path_xy, path_yaw, odometry=wheel())
+    err, _ = fixes(results)
+    assert np.isfinite(err)[10:].mean() >= 0.8
+    assert np.nanmax(err) < 15.0
+
+
+def test_two_identical_parallel_streets_give_no_fix() -> None:
+    a_xy, a_yaw = polyline([(0.0, 0.0), (400.0, 0.0)])
+    xy = np.concatenate([a_xy, a_xy + [0.0, 100.0]])
+    yaw = np.concatenate([a_yaw, a_yaw])
+    m = Map(World(5, period_y=100.0), xy, yaw)
+    path_xy, path_yaw = drive(*sampled(a_xy[10:150], a_yaw[10:150], 2.0, 4.0))
+    results = run(m, m.localizer(), path_xy, path_yaw, odometry=wheel())
+    assert not any(d.fix for d, _ in results)
+    assert max(d.concentrated_mass for d, _ in results[10:]) < 0.75
+
+
+def test_kidnapped_robot_stops_fixing_then_reconverges(straight: Map) -> None:
+    before = drive(*sampled(straight.xy[10:100], straight.yaw[10:100], 2.0, 4.0))
+    after = drive(*sampled(straight.xy[200:290], straight.yaw[200:290], 2.0, 4.0))
+    path_xy = np.concatenate([before[0], after[0]])
+    path_yaw = np.concatenate([before[1], after[1]])
+    odometry = wheel()
+    jump = len(before[0])
+
+    def continuing(k, xy, yaw):  # the odometry does not see the teleport: it continues from the last pose
+        if k < jump:
+            return odometry(k, xy, yaw)
+        shift = before[0][-1] - after[0][0] + (before[0][-1] - before[0][-2])
+        return odometry(k, xy + shift, yaw)
+
+    results = run(straight, straight.localizer(), path_xy, path_yaw, odometry=continuing)
+    err, _ = fixes(results)
+    assert np.isfinite(err)[jump - 5 : jump].all()
+    assert np.nanmax(err[jump:]) <= 25.0
+    recovered = jump + int(np.flatnonzero(np.isfinite(err[jump:]))[0])
+    assert (recovered - jump) * 4.0 <= 60.0
+
+
+def test_off_map_drive_publishes_no_fix_and_says_lost(straight: Map) -> None:
+    elsewhere = World(99)
+    path_xy, path_yaw = drive(*sampled(straight.xy[10:120], straight.yaw[10:120], 2.0, 4.0))
+    on = run(straight, straight.localizer(), path_xy[:20], path_yaw[:20], odometry=wheel())
+    assert any(d.state == CONVERGED for d, _ in on[-5:])
+    loc = straight.localizer()
+    off = run(straight, loc, path_xy, path_yaw, odometry=wheel(), world=elsewhere)
+    assert not any(d.fix for d, _ in off)
+    assert sum(d.state == LOST for d, _ in off) >= len(off) // 2
+    assert "match no map place" in loc.status()["sequence_reason"]
+
+
+def test_bad_odometry_is_counted_and_leaves_the_belief_alone(straight: Map) -> None:
+    path_xy, path_yaw = drive(*sampled(straight.xy[10:80], straight.yaw[10:80], 2.0, 4.0))
+    clean = straight.localizer()
+    good = wheel()
+    poses = [good(k, path_xy[k], path_yaw[k]) for k in range(len(path_xy))]
+    reference = run(straight, clean, path_xy, path_yaw, odometry=lambda k, xy, yaw: poses[k])
+    noisy = straight.localizer()
+    rng = np.random.default_rng(1)
+    out = []
+    for k in range(len(path_xy)):
+        stamp = int(k * 0.5 * NS)
+        if k == 10:
+            assert "non-finite" in noisy.add_odometry(stamp - NS // 4, math.nan, 0.0, 0.0)
+        if k == 20:
+            assert "not after" in noisy.add_odometry(stamp - 3 * NS, 0.0, 0.0, 0.0)
+        if k == 30:
+            assert "jumped" in noisy.add_odometry(stamp - NS // 4, 5000.0, -3000.0, 0.0)
+        noisy.add_odometry(stamp, *poses[k])
+        query = straight.world.describe(path_xy[k], path_yaw[k], 1.0, rng)[0]
+        out.append(straight.frame(noisy, stamp, query))
+    status = noisy.status()
+    assert status["odometry_rejected_nonfinite"] == 1
+    assert status["odometry_rejected_time_not_increasing"] == 1
+    assert status["odometry_rejected_jump"] == 1
+    for (want, _), got in zip(reference, out):
+        assert (want.fix is None) == (got.fix is None)
+        if want.fix is not None:
+            assert got.fix.easting == pytest.approx(want.fix.easting, abs=1e-6)
+
+
+def test_relocalize_forgets_the_belief(straight: Map) -> None:
+    path_xy, path_yaw = drive(*sampled(straight.xy[10:60], straight.yaw[10:60], 2.0, 4.0))
+    loc = straight.localizer()
+    run(straight, loc, path_xy, path_yaw, odometry=wheel())
+    assert loc.last_decision.state == CONVERGED
+    loc.reset()
+    assert loc.off_map == pytest.approx(0.5) and loc.belief.max() == pytest.approx(0.5 / loc.n)
+    assert loc.status()["sequence_resets"] == 1
