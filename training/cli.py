@@ -11,6 +11,7 @@ from dsformer_ros.common.cli import setup_logging
 COMMANDS: dict[str, tuple[str, str]] = {
     "describe": ("dsformer_ros.inference.describe_cli", "compute global descriptors of images into a .npy file"),
     "bench": ("dsformer_ros.inference.bench", "time the model per variant, dtype and batch size (fast vs reference iRPE)"),
+    "export": ("dsformer_ros.inference.export", "export a checkpoint as ONNX (fixed input size, provenance in metadata)"),
     "node": ("dsformer_ros.ros.main", "run the ROS 2 VPR node without ros2 launch"),
     "eval": ("training.eval.cli", "Recall@N of a model or baseline on a VPR dataset, with a report"),
     "bench-map": ("training.maps.bench_map", "time map search (exact, HNSW, IVF) on 10k to 1M places"),
