@@ -19,6 +19,8 @@ setup(
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         (f"lib/{PACKAGE}", ["scripts/vpr_node"]),
     ],
+    # CUDA machines: pip install .[gpu] (or -r requirements-gpu.txt) for the tensorrt backend
+    extras_require={"gpu": ["tensorrt-cu13==10.16.1.11"]},
     zip_safe=False,
     entry_points={
         "console_scripts": [
