@@ -188,3 +188,28 @@ def test_tensorrt_without_its_package_or_gpu_is_a_clear_error(tmp_path):
 
         with pytest.raises(DeviceError, match="CUDA is not available"):
             load_backend("tensorrt", tmp_path / "any.onnx")
+
+
+def test_int8_export_keeps_descriptors_and_recall_on_real_images(tmp_path, corridor):
+    """ONNX Runtime dynamic int8 (MatMul/Gemm weights): cosine >= 0.999 to fp32, Recall@1 within one point."""
+    import csv
+
+    model = load_model(variant="efficientnet_lite0", device="cpu", seed=0)
+    export_onnx(model, tmp_path / "fp32.onnx", exporter="legacy", verify=False)
+    info = export_onnx(model, tmp_path / "int8.onnx", exporter="legacy", quantize="int8")
+    assert info.quantization == "int8"
+    refs = sorted((corridor / "ref").glob("*.jpg"))[::2]
+    queries = sorted((corridor / "query").glob("*.jpg"))[::2]
+    with open(corridor / "ground_truth.csv") as fh:
+        truth = {int(r["query_index"]): {int(x) for x in r["correct_ref_indices"].split()} for r in csv.DictReader(fh)}
+    recall, descriptors = {}, {}
+    for name in ("fp32", "int8"):
+        backend = load_backend("onnxruntime", tmp_path / f"{name}.onnx", threads=1)
+        assert backend.precision == name and backend.checkpoint_sha256 == model.checkpoint_sha256
+        extractor = DescriptorExtractor(backend, batch_size=8)
+        ref, query = extractor.describe_paths(refs), extractor.describe_paths(queries)
+        best = (query @ ref.T).argmax(axis=1)
+        recall[name] = np.mean([int(refs[b].stem) in truth[int(q.stem)] for q, b in zip(queries, best)])
+        descriptors[name] = query
+    assert np.sum(descriptors["fp32"] * descriptors["int8"], axis=1).min() >= 0.999
+    assert recall["fp32"] - recall["int8"] <= 0.01, recall

@@ -1,8 +1,9 @@
 """`dsformer-vpr bench`: every available backend side by side, against this machine's GEMM roofline, quiet and contended.
 
 Per variant (random weights, random non-zero iRPE tables) and batch size the rows are: torch eager with the authors'
-iRPE formulation (the reference), torch eager (fast iRPE) per precision, ONNX Runtime fp32 on the CPU and TensorRT
-on a GPU. Each row has the model's GFLOPs, ms per image, the roofline time (GFLOPs / the rate of a large matmul of
+iRPE formulation (the reference), torch eager (fast iRPE) per precision, ONNX Runtime fp32 and int8 (dynamic
+quantization of the MatMul/Gemm weights) on the CPU and TensorRT on a GPU; int8 rows are judged against the fp32
+roofline. Each row has the model's GFLOPs, ms per image, the roofline time (GFLOPs / the rate of a large matmul of
 the same dtype timed in this run, on the same threads), `x_roofline` (measured / roofline: 1.0 is the machine's
 limit), the speed-up over the reference and the lowest cosine to torch fp32. `--contended` times every row again
 while another process keeps 2 threads busy on the same cores (as SLAM and planning do on a robot) and adds the
@@ -52,6 +53,7 @@ class BenchConfig:
     backends: list[str] = field(default_factory=lambda: list(BACKENDS))
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    onnxruntime_precisions: list[str] = field(default_factory=lambda: ["fp32", "int8"])
     tensorrt_precisions: list[str] = field(default_factory=lambda: ["fp16"])
     devices: list[str] = field(default_factory=lambda: ["cpu", "cuda"])
     image_size: list[int] = field(default_factory=list)
@@ -78,6 +80,9 @@ class BenchConfig:
         for d in self.devices:
             if d not in ("cpu", "cuda"):
                 raise ConfigError(f"devices: {d!r} is not cpu or cuda")
+        for p in self.onnxruntime_precisions:
+            if p not in ("fp32", "int8"):
+                raise ConfigError(f"onnxruntime_precisions: {p!r} is not fp32 or int8")
         if self.image_size and (len(self.image_size) != 2 or min(self.image_size) < 1):
             raise ConfigError(f"image_size: expected [height, width] > 0, got {self.image_size}")
         if any(b < 1 for b in self.batch_sizes) or self.repeats < 1 or self.warmup < 0 or self.gemm_size < 64:
@@ -187,9 +192,10 @@ def _onnx_backend(name: str, model: DSFormer, size: tuple[int, int], cfg: BenchC
                   device: torch.device, precision: str, batch: int) -> DescriptorBackend:
     from dsformer_ros.inference.export import export_onnx
 
-    path = workdir / f"{model.config.variant}-{size[0]}x{size[1]}.onnx"
+    quantize = "int8" if precision == "int8" else ""
+    path = workdir / f"{model.config.variant}-{size[0]}x{size[1]}{'-' + quantize if quantize else ''}.onnx"
     if not path.is_file():
-        export_onnx(model, path, size, exporter=cfg.exporter)
+        export_onnx(model, path, size, exporter=cfg.exporter, quantize=quantize)
     if name == "onnxruntime":
         from dsformer_ros.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -210,7 +216,7 @@ def _runners(model: DSFormer, size: tuple[int, int], device: torch.device, batch
             if device.type == "cpu" and precision == "fp16":
                 continue
             out.append(_torch_runner(model, device, precision, "fast"))
-    wanted = {"onnxruntime": ("cpu", ["fp32"]), "tensorrt": ("cuda", cfg.tensorrt_precisions)}
+    wanted = {"onnxruntime": ("cpu", cfg.onnxruntime_precisions), "tensorrt": ("cuda", cfg.tensorrt_precisions)}
     for name, (device_type, precisions) in wanted.items():
         if name not in cfg.backends or device.type != device_type:
             continue
@@ -259,7 +265,7 @@ def bench_variant(variant: str, cfg: BenchConfig, rates: dict[tuple[str, str], f
             reference = next((s for r, s, _ in timed if r.backend_name.startswith("torch (")), None)
             for runner, seconds, cosine in timed:
                 ms = 1000 * seconds / batch
-                rate = rates[(device_name, runner.precision)]
+                rate = rates[(device_name, "fp32" if runner.precision == "int8" else runner.precision)]
                 roofline_ms = 1000 * gflops / rate
                 row = {
                     "variant": variant, "input": f"{size[0]}x{size[1]}", "GFLOPs": round(gflops, 1),

@@ -20,7 +20,13 @@ import torch
 from dsformer_ros.common.atomic import atomic_write_bytes
 from dsformer_ros.common.cli import add_config_arguments, config_from_args
 from dsformer_ros.common.config import ConfigError
-from dsformer_ros.inference.onnx_metadata import INPUT_NAME, OUTPUT_NAME, ExportedModel, ExportError
+from dsformer_ros.inference.onnx_metadata import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    QUANTIZATIONS,
+    ExportedModel,
+    ExportError,
+)
 from dsformer_ros.inference.preprocess import PreprocessConfig
 from dsformer_ros.model.checkpoint import state_dict_sha256
 from dsformer_ros.model.dsformer import DSFormer
@@ -33,6 +39,7 @@ EXPORTERS = ("dynamo", "legacy")
 DEFAULT_OPSET = {"dynamo": 18, "legacy": 17}
 PROTOBUF_LIMIT_BYTES = 2**31 - 1
 VERIFY_TOLERANCE = 1e-4
+INT8_MIN_COSINE = 0.999
 
 
 @dataclass
@@ -45,6 +52,7 @@ class ExportConfig:
     image_size: list[int] = field(default_factory=list)
     exporter: str = "dynamo"
     opset: int = 0
+    quantize: str = ""
     verify: bool = True
 
     def validate(self) -> None:
@@ -59,6 +67,8 @@ class ExportConfig:
             raise ConfigError(f"exporter: {self.exporter!r} is not one of {', '.join(EXPORTERS)}")
         if self.image_size and (len(self.image_size) != 2 or min(self.image_size) < 1):
             raise ConfigError(f"image_size: expected HEIGHT WIDTH > 0, got {self.image_size}")
+        if self.quantize not in QUANTIZATIONS:
+            raise ConfigError(f"quantize: {self.quantize!r} is not '' (fp32) or int8")
         if self.opset < 0:
             raise ConfigError(f"opset: must be >= 0 (0: the exporter's default), got {self.opset}")
 
@@ -99,19 +109,38 @@ def _torch_export(model: DSFormer, example: torch.Tensor, path: Path, exporter: 
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **names)
 
 
-def _verify(data: bytes, example: torch.Tensor, expected: torch.Tensor) -> float:
-    """Max abs difference between ONNX Runtime on `example` and PyTorch's `expected`; ExportError beyond tolerance."""
+def _run_onnx(data: bytes, example: torch.Tensor) -> torch.Tensor:
     from dsformer_ros.inference.backends.onnxruntime_backend import import_onnxruntime
 
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    got = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: example.numpy()})[0])
-    diff = float((got - expected).abs().max())
+    return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: example.numpy()})[0])
+
+
+def _verify(data: bytes, example: torch.Tensor, expected: torch.Tensor) -> float:
+    """Max abs difference between ONNX Runtime on `example` and PyTorch's `expected`; ExportError beyond tolerance."""
+    diff = float((_run_onnx(data, example) - expected).abs().max())
     if not diff <= VERIFY_TOLERANCE:
         raise ExportError(f"the exported model differs from PyTorch by {diff:.2e} (tolerance {VERIFY_TOLERANCE})")
     return diff
+
+
+def _quantize_int8(proto: "onnx.ModelProto", example: torch.Tensor, expected: torch.Tensor) -> tuple[bytes, float]:
+    """Dynamic int8 quantization of the MatMul/Gemm weights; ExportError when cosine to fp32 drops below 0.999."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="dsformer_quantize_") as tmp:
+        quantized = Path(tmp) / "int8.onnx"
+        quantize_dynamic(proto, quantized, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+        data = onnx.load(str(quantized)).SerializeToString()
+    cosine = float(torch.nn.functional.cosine_similarity(_run_onnx(data, example), expected, dim=1).min())
+    if not cosine >= INT8_MIN_COSINE:
+        raise ExportError(f"int8 quantization changes the descriptors too much: cosine {cosine:.5f} to fp32 "
+                          f"(< {INT8_MIN_COSINE}); export fp32 instead")
+    return data, cosine
 
 
 def export_onnx(
@@ -121,6 +150,7 @@ def export_onnx(
     exporter: str = "dynamo",
     opset: int = 0,
     verify: bool = True,
+    quantize: str = "",
 ) -> ExportedModel:
     """Write `model` as ONNX to `out`; returns what the metadata says (its checkpoint_sha256 and provenance included)."""
     import onnx
@@ -137,7 +167,7 @@ def export_onnx(
     provenance = {**getattr(model, "provenance", {}), "exporter": exporter, "opset": opset,
                   "torch": torch.__version__, "onnx": onnx.__version__}
     sha = getattr(model, "checkpoint_sha256", "") or state_dict_sha256(model.state_dict())
-    info = ExportedModel(config, image_size, sha, preprocessing, provenance)
+    info = ExportedModel(config, image_size, sha, preprocessing, provenance, quantize)
     example = torch.randn(2, 3, *image_size, generator=torch.Generator().manual_seed(0))
     # eager first: it also fills the iRPE bucket-table cache with real tensors, which the exporters then embed
     with torch.inference_mode():
@@ -147,13 +177,17 @@ def export_onnx(
         raw = Path(tmp) / "model.onnx"
         _torch_export(model, example, raw, exporter, opset)
         proto = onnx.load(str(raw))
+    if verify:
+        log.info("ONNX Runtime agrees with PyTorch to %.1e", _verify(proto.SerializeToString(), example, expected))
+    if quantize == "int8":
+        data, cosine = _quantize_int8(proto, example, expected)
+        proto = onnx.load_from_string(data)
+        log.info("int8 (dynamic, MatMul/Gemm weights): lowest cosine to fp32 %.5f", cosine)
     del proto.metadata_props[:]
     for key, value in info.to_props().items():
         proto.metadata_props.add(key=key, value=value)
     proto.doc_string = f"DSFormer {config.variant} descriptor, checkpoint sha256 {sha}"
     data = proto.SerializeToString()
-    if verify:
-        log.info("ONNX Runtime agrees with PyTorch to %.1e", _verify(data, example, expected))
     atomic_write_bytes(out, data)
     log.info("wrote %s (%.1f MB)", out, len(data) / 1e6)
     return info
@@ -167,14 +201,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", nargs=2, type=int, metavar=("HEIGHT", "WIDTH"),
                         help="input size the map's preprocessing produces (default: the checkpoint's own)")
     parser.add_argument("--exporter", help="dynamo (default, opset 18) or legacy (TorchScript, opset 17)")
+    parser.add_argument("--quantize", help="int8: ONNX Runtime dynamic int8 of the MatMul/Gemm weights (CPU)")
     parser.add_argument("--out", help="output .onnx file")
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint on the CPU and export it."""
     cfg = config_from_args(ExportConfig, args, checkpoint=args.checkpoint, format=args.format, out=args.out,
-                           image_size=args.image_size, exporter=args.exporter)
+                           image_size=args.image_size, exporter=args.exporter, quantize=args.quantize)
     model = load_model(cfg.checkpoint, device="cpu")
     size = tuple(cfg.image_size) if cfg.image_size else None
-    export_onnx(model, cfg.out, size, cfg.exporter, cfg.opset, cfg.verify)
+    export_onnx(model, cfg.out, size, cfg.exporter, cfg.opset, cfg.verify, cfg.quantize)
     return 0

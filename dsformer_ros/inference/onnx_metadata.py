@@ -17,6 +17,8 @@ FORMAT = "dsformer_ros.onnx"
 FORMAT_VERSION = 1
 INPUT_NAME = "images"
 OUTPUT_NAME = "descriptors"
+# "" = fp32; "int8" = ONNX Runtime dynamic quantization of the MatMul/Gemm weights (activations quantized per call)
+QUANTIZATIONS = ("", "int8")
 _PREFIX = "dsformer."
 
 
@@ -33,6 +35,7 @@ class ExportedModel:
     checkpoint_sha256: str
     preprocessing: PreprocessConfig
     provenance: dict[str, Any] = field(default_factory=dict)
+    quantization: str = ""
 
     def to_props(self) -> dict[str, str]:
         """The ONNX metadata_props (string key -> JSON text)."""
@@ -51,6 +54,7 @@ class ExportedModel:
             "checkpoint_sha256": self.checkpoint_sha256,
             "model_config": to_dict(self.config),
             "provenance": self.provenance,
+            "quantization": self.quantization,
         }
         return {_PREFIX + k: json.dumps(v) for k, v in values.items()}
 
@@ -77,4 +81,7 @@ class ExportedModel:
             sha = str(values["checkpoint_sha256"])
         except (ConfigError, KeyError, TypeError, ValueError) as exc:
             raise ExportError(f"ONNX model {source}: invalid dsformer metadata: {exc}") from None
-        return cls(config, (height, width), sha, preprocessing, dict(values.get("provenance") or {}))
+        quantization = str(values.get("quantization") or "")
+        if quantization not in QUANTIZATIONS:
+            raise ExportError(f"ONNX model {source}: unknown quantization {quantization!r}")
+        return cls(config, (height, width), sha, preprocessing, dict(values.get("provenance") or {}), quantization)

@@ -1,4 +1,5 @@
-"""The ONNX Runtime backend: an exported model on the CPU, fp32, with thread count and wait policy chosen on purpose.
+"""The ONNX Runtime backend: an exported model on the CPU (fp32, or int8 from export --quantize int8), with thread
+count and wait policy chosen on purpose.
 
 - intra-op threads = the physical cores this process may use (SMT siblings share one FPU pipeline: more threads
   than cores only add synchronisation), one inter-op thread, sequential execution;
@@ -67,7 +68,7 @@ class OnnxRuntimeBackend(DescriptorBackend):
             config=info.config,
             checkpoint_sha256=info.checkpoint_sha256,
             device=torch.device("cpu"),
-            precision="fp32",
+            precision=info.quantization or "fp32",
             preprocessing=info.preprocessing,
             input_size=info.input_size,
             provenance=info.provenance,
@@ -75,8 +76,8 @@ class OnnxRuntimeBackend(DescriptorBackend):
         self.path = path
         self.session = session
         self.threads = options.intra_op_num_threads
-        log.info("ONNX Runtime %s: %s, %d intra-op thread(s), spinning %s", ort.__version__, path,
-                 self.threads, "on" if spinning else "off")
+        log.info("ONNX Runtime %s: %s (%s), %d intra-op thread(s), spinning %s", ort.__version__, path,
+                 self.precision, self.threads, "on" if spinning else "off")
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Normalised CPU batch -> descriptors (CPU)."""
