@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dsformer_ros.common.config import to_dict
 from dsformer_ros.inference.backends.base import DescriptorBackend
 from dsformer_ros.inference.backends.torch_backend import TorchBackend
 from dsformer_ros.inference.preprocess import PreprocessConfig, as_rgb_uint8, preprocess, read_image
@@ -15,7 +16,12 @@ from dsformer_ros.model.dsformer import DSFormer, ModelConfig
 
 
 class DescriptorExtractor:
-    """Preprocessing and batching by output size around one backend (a DSFormer module means the torch backend)."""
+    """Preprocessing and batching by output size around one backend (a DSFormer module means the torch backend).
+
+    It is the DSFormer's `DescriptorMethod` (see `methods`): maps record its variant, fingerprint and preprocessing.
+    """
+
+    name = "dsformer"
 
     def __init__(
         self,
@@ -71,6 +77,21 @@ class DescriptorExtractor:
     def fingerprint(self) -> str:
         """SHA-256 identifying the weights (checkpoint file hash) for matching maps to models."""
         return self.backend.checkpoint_sha256
+
+    @property
+    def variant(self) -> str:
+        """The model variant."""
+        return self.backend.config.variant
+
+    @property
+    def backend_name(self) -> str:
+        """torch, onnxruntime or tensorrt."""
+        return self.backend.name
+
+    @property
+    def preprocessing(self) -> dict:
+        """The preprocessing config as recorded in a map's manifest."""
+        return to_dict(self.preprocess_config)
 
     def describe_tensor(self, batch: torch.Tensor) -> torch.Tensor:
         """Normalised (B, 3, H, W) tensor -> (B, D) float32 unit descriptors (on the backend's device)."""
