@@ -74,7 +74,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory, corridor: Path, repo_root: 
 
 def _params(assets: dict[str, Any], name: str, onnx_file: str) -> Path:
     return write_params(
-        assets["dir"] / f"{name}.yaml", assets["repo_root"], backend="onnxruntime",
+        assets["dir"] / f"{name}.yaml", assets["repo_root"], autostart=True, backend="onnxruntime",
         checkpoint=str(assets["dir"] / onnx_file), map_path=str(assets["dir"] / "map"), device="cpu", top_k=TOP_K,
         temporal_window=0, diagnostics_period_s=0.25, warmup_iterations=1,
     )

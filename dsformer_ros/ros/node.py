@@ -102,7 +102,8 @@ class VprNode(LifecycleNode):
         if settings.publish_markers:
             self._outputs["markers"] = self.create_lifecycle_publisher(MarkerArray, "~/markers", 10)
         self.get_logger().info(
-            f"configured: {len(localizer.place_map)} places, device {localizer.device}, decoder {decoder_name}"
+            f"configured: {len(localizer.place_map)} places, {localizer.backend} on {localizer.device}, decoder "
+            f"{decoder_name}"
         )
         return super().on_configure(state)
 
@@ -299,6 +300,7 @@ class VprNode(LifecycleNode):
             ("map_keyframe_spacing_m", 2.0 * localizer.floor_sigma_m),
             ("map_path", localizer.config.map_path),
             ("device", localizer.device),
+            ("backend", localizer.backend),
             *last_frame.items(),
         ]
         name = f"{self.get_fully_qualified_name()}: visual place recognition"
