@@ -30,7 +30,6 @@ echo "== CUDA tests"
 timeout 240 "$PY" -m pytest -q -p no:cacheprovider test/test_gpu.py test/test_preprocess_extractor.py::test_cuda_request_is_honoured_or_refused
 
 echo "== GPU benchmark"
-timeout 330 "$PY" -m training.cli bench --variant resnet50 --variant dinov2 --backend torch --backend tensorrt \
-  --set devices=[cuda] --set precisions=[fp32,bf16,fp16] --set tensorrt_precisions=[fp16] \
-  --set batch_sizes=[1,64] --set reference=false --set repeats=20 --set warmup=5 --set gemm_size=8192 \
-  --set exporter=legacy --out "$OUT/gpu_bench.json" | tee "$OUT/gpu_bench.md"
+timeout 330 "$PY" -m training.cli bench --variants resnet50 dinov2 --backends torch tensorrt --devices cuda \
+  --precisions fp32 bf16 fp16 --set tensorrt_precisions=[fp16] --batch-sizes 1 64 --no-reference --repeats 20 \
+  --set warmup=5 --set gemm_size=8192 --set exporter=legacy --out "$OUT/gpu_bench.json" | tee "$OUT/gpu_bench.md"

@@ -40,10 +40,10 @@ def test_bench_cli_writes_json(tmp_path):
     from training.cli import main
 
     out = tmp_path / "bench.json"
-    code = main(["bench", "--variant", "efficientnet_lite0", "--backend", "torch", "--set", "devices=[cpu]",
-                 "--set", "image_size=[64,64]", "--set", "repeats=1", "--set", "warmup=0", "--set", "reference=false",
+    code = main(["bench", "--variants", "efficientnet_lite0", "--backends", "torch", "--devices", "cpu",
+                 "--image-size", "64", "64", "--repeats", "1", "--set", "warmup=0", "--no-reference",
                  "--set", "gemm_size=128", "--out", str(out)])
     assert code == 0
     payload = json.loads(out.read_text())
     assert [r["backend"] for r in payload["rows"]] == ["torch"] and "cpu/fp32" in payload["gemm_gflops_per_s"]
-    assert main(["bench", "--backend", "openvino"]) == 2
+    assert main(["bench", "--backends", "openvino"]) == 2

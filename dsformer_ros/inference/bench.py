@@ -26,8 +26,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dsformer_ros.common.atomic import atomic_write_text
-from dsformer_ros.common.cli import add_config_arguments, config_from_args
+from dsformer_ros.common.cli import add_config_flags, config_from_args
 from dsformer_ros.common.config import ConfigError
+from dsformer_ros.common.params import check_fields, setting
 from dsformer_ros.common.cpus import physical_cores
 from dsformer_ros.inference.backends import BACKENDS, BackendError, DescriptorBackend
 from dsformer_ros.inference.backends.torch_backend import TorchBackend
@@ -57,14 +58,14 @@ class BenchConfig:
     tensorrt_precisions: list[str] = field(default_factory=lambda: ["fp16"])
     devices: list[str] = field(default_factory=lambda: ["cpu", "cuda"])
     image_size: list[int] = field(default_factory=list)
-    reference: bool = True
-    repeats: int = 5
-    warmup: int = 2
-    threads: int = 0
-    contended: bool = False
-    gemm_size: int = 2048
-    exporter: str = "dynamo"
-    out: str = ""
+    reference: bool = setting(True, "also time torch with the authors' iRPE formulation (the reference row)")
+    repeats: int = setting(5, "timed runs per row (the median is reported)", low=1)
+    warmup: int = setting(2, "untimed runs before each row", low=0)
+    threads: int = setting(0, "CPU threads of torch and ONNX Runtime (0: the physical cores)", low=0)
+    contended: bool = setting(False, "time every CPU row again with another 2-thread process busy on the same cores")
+    gemm_size: int = setting(2048, "side of the square fp32 matmul that measures the roofline", low=64)
+    exporter: str = setting("dynamo", "ONNX exporter for the onnxruntime/tensorrt rows", choices=("dynamo", "legacy"))
+    out: str = setting("", "also write the rows as JSON here")
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
@@ -85,8 +86,9 @@ class BenchConfig:
                 raise ConfigError(f"onnxruntime_precisions: {p!r} is not fp32 or int8")
         if self.image_size and (len(self.image_size) != 2 or min(self.image_size) < 1):
             raise ConfigError(f"image_size: expected [height, width] > 0, got {self.image_size}")
-        if any(b < 1 for b in self.batch_sizes) or self.repeats < 1 or self.warmup < 0 or self.gemm_size < 64:
-            raise ConfigError("batch_sizes and repeats must be >= 1, warmup >= 0, gemm_size >= 64")
+        check_fields(self)
+        if any(b < 1 for b in self.batch_sizes):
+            raise ConfigError(f"batch_sizes: must be >= 1, got {self.batch_sizes}")
 
 
 def count_gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -327,18 +329,13 @@ def run_bench(cfg: BenchConfig) -> tuple[list[dict], dict[tuple[str, str], float
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `bench`."""
-    add_config_arguments(parser)
-    parser.add_argument("--variant", action="append", dest="variants", help="variant to time (repeatable)")
-    parser.add_argument("--backend", action="append", dest="backends", help="backend to time (repeatable)")
-    parser.add_argument("--contended", action="store_true", default=None,
-                        help="time every CPU row again with another 2-thread process busy on the same cores")
-    parser.add_argument("--out", help="also write the rows as JSON here")
+    add_config_flags(parser, BenchConfig, ("variants", "backends", "devices", "batch_sizes", "precisions", "image_size",
+                                           "contended", "reference", "repeats", "threads", "out"))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the table."""
-    cfg = config_from_args(BenchConfig, args, variants=args.variants, backends=args.backends,
-                           contended=args.contended, out=args.out)
+    cfg = config_from_args(BenchConfig, args)
     rows, rates = run_bench(cfg)
     print(format_table(rows, rates))
     if cfg.out:

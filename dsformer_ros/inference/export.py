@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from dsformer_ros.common.atomic import atomic_write_bytes
-from dsformer_ros.common.cli import add_config_arguments, config_from_args
+from dsformer_ros.common.cli import add_config_flags, config_from_args
 from dsformer_ros.common.config import ConfigError
+from dsformer_ros.common.params import check_fields, setting
 from dsformer_ros.inference.onnx_metadata import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -46,31 +47,27 @@ INT8_MIN_COSINE = 0.999
 class ExportConfig:
     """What to export and how."""
 
-    checkpoint: str = ""
-    format: str = "onnx"
-    out: str = ""
-    image_size: list[int] = field(default_factory=list)
-    exporter: str = "dynamo"
-    opset: int = 0
-    quantize: str = ""
-    verify: bool = True
+    checkpoint: str = setting("", "DSFormer checkpoint (ours, or an official state_dict)")
+    format: str = setting("onnx", "output format", choices=FORMATS)
+    out: str = setting("", "output .onnx file (written atomically)")
+    image_size: list[int] = field(default_factory=list, metadata={"spec": {
+        "description": "HEIGHT WIDTH the map's preprocessing produces (default: the checkpoint's own input size)"}})
+    exporter: str = setting("dynamo", "dynamo (torch.export, opset 18) or legacy (TorchScript, opset 17)",
+                            choices=EXPORTERS)
+    opset: int = setting(0, "ONNX opset (0: the exporter's default)", low=0)
+    quantize: str = setting("", "int8: ONNX Runtime dynamic int8 of the MatMul/Gemm weights (CPU); '': fp32",
+                            choices=QUANTIZATIONS)
+    verify: bool = setting(True, "check the written model against PyTorch with ONNX Runtime")
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
+        check_fields(self)
         if not self.checkpoint:
             raise ConfigError("checkpoint: a checkpoint file is required")
         if not self.out:
             raise ConfigError("out: an output file is required")
-        if self.format not in FORMATS:
-            raise ConfigError(f"format: {self.format!r} is not one of {', '.join(FORMATS)}")
-        if self.exporter not in EXPORTERS:
-            raise ConfigError(f"exporter: {self.exporter!r} is not one of {', '.join(EXPORTERS)}")
         if self.image_size and (len(self.image_size) != 2 or min(self.image_size) < 1):
             raise ConfigError(f"image_size: expected HEIGHT WIDTH > 0, got {self.image_size}")
-        if self.quantize not in QUANTIZATIONS:
-            raise ConfigError(f"quantize: {self.quantize!r} is not '' (fp32) or int8")
-        if self.opset < 0:
-            raise ConfigError(f"opset: must be >= 0 (0: the exporter's default), got {self.opset}")
 
 
 def check_exportable(model: DSFormer, image_size: tuple[int, int]) -> None:
@@ -195,20 +192,12 @@ def export_onnx(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `export`."""
-    add_config_arguments(parser)
-    parser.add_argument("--checkpoint", help="DSFormer checkpoint (ours, or an official state_dict)")
-    parser.add_argument("--format", help="output format: onnx")
-    parser.add_argument("--image-size", nargs=2, type=int, metavar=("HEIGHT", "WIDTH"),
-                        help="input size the map's preprocessing produces (default: the checkpoint's own)")
-    parser.add_argument("--exporter", help="dynamo (default, opset 18) or legacy (TorchScript, opset 17)")
-    parser.add_argument("--quantize", help="int8: ONNX Runtime dynamic int8 of the MatMul/Gemm weights (CPU)")
-    parser.add_argument("--out", help="output .onnx file")
+    add_config_flags(parser, ExportConfig, ("checkpoint", "format", "image_size", "exporter", "quantize", "out"))
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint on the CPU and export it."""
-    cfg = config_from_args(ExportConfig, args, checkpoint=args.checkpoint, format=args.format, out=args.out,
-                           image_size=args.image_size, exporter=args.exporter, quantize=args.quantize)
+    cfg = config_from_args(ExportConfig, args)
     model = load_model(cfg.checkpoint, device="cpu")
     size = tuple(cfg.image_size) if cfg.image_size else None
     export_onnx(model, cfg.out, size, cfg.exporter, cfg.opset, cfg.verify, cfg.quantize)
