@@ -126,6 +126,21 @@ class DescriptorExtractor:
             self.describe([blank])
 
 
+def load_extractor(
+    backend: str,
+    checkpoint: str | Path,
+    device: str = "auto",
+    precision: str = "fp32",
+    batch_size: int = 16,
+    preprocess_config: PreprocessConfig | None = None,
+) -> DescriptorExtractor:
+    """An extractor for `checkpoint` on `backend` (an exported .onnx for onnxruntime and tensorrt)."""
+    from dsformer_ros.inference.backends import load_backend
+
+    return DescriptorExtractor(load_backend(backend, checkpoint, device, precision, batch_size=batch_size),
+                               preprocess_config, batch_size)
+
+
 def describe_files(
     paths: Iterable[str | Path],
     describe: Callable[[list[np.ndarray]], np.ndarray],
