@@ -6,7 +6,7 @@ import argparse
 from dsformer_ros.common.cli import add_config_flags, add_threads_argument, config_from_args, set_threads
 from training.eval.evaluate import EvalConfig, evaluate
 
-FLAGS = ("dataset.root", "dataset.format", "dataset.split", "method", "baselines", "checkpoint", "variant", "device",
+FLAGS = ("dataset.root", "dataset.format", "dataset.split", "method", "baselines", "checkpoint", "variant", "backend", "device",
          "batch_size", "out", "cache_dir", "use_cache")
 
 
