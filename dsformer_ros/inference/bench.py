@@ -12,6 +12,7 @@ contended time and its ratio to the quiet one. All ratios come from one run, so 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import multiprocessing
@@ -196,8 +197,8 @@ def _onnx_backend(name: str, model: DSFormer, size: tuple[int, int], cfg: BenchC
 
     quantize = "int8" if precision == "int8" else ""
     path = workdir / f"{model.config.variant}-{size[0]}x{size[1]}{'-' + quantize if quantize else ''}.onnx"
-    if not path.is_file():
-        export_onnx(model, path, size, exporter=cfg.exporter, quantize=quantize)
+    if not path.is_file():  # a CPU copy: the timed torch rows keep the model where it is
+        export_onnx(copy.deepcopy(model).to("cpu"), path, size, exporter=cfg.exporter, quantize=quantize)
     if name == "onnxruntime":
         from dsformer_ros.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
 

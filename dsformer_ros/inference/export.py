@@ -172,7 +172,13 @@ def export_onnx(
     log.info("exporting %s at %dx%d with the %s exporter (opset %d)", config.variant, *image_size, exporter, opset)
     with tempfile.TemporaryDirectory(prefix="dsformer_export_") as tmp:
         raw = Path(tmp) / "model.onnx"
-        _torch_export(model, example, raw, exporter, opset)
+        try:
+            _torch_export(model, example, raw, exporter, opset)
+        except Exception as exc:  # the exporters raise many types; the first line says what failed
+            other = "legacy" if exporter == "dynamo" else "dynamo"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"the {exporter} exporter failed ({type(exc).__name__}: {first}); try --exporter "
+                              f"{other}") from exc
         proto = onnx.load(str(raw))
     if verify:
         log.info("ONNX Runtime agrees with PyTorch to %.1e", _verify(proto.SerializeToString(), example, expected))

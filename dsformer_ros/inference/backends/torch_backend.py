@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from dsformer_ros.inference.backends.base import DescriptorBackend
+from dsformer_ros.inference.backends.base import BackendError, DescriptorBackend
 from dsformer_ros.inference.precision import autocast, check_precision
 from dsformer_ros.inference.preprocess import preprocess_config_for
 from dsformer_ros.model.dsformer import DSFormer
@@ -15,6 +15,9 @@ class TorchBackend(DescriptorBackend):
     def __init__(self, model: DSFormer, precision: str = "fp32", channels_last: bool = False,
                  compile: bool = False) -> None:
         check_precision(precision)
+        if not getattr(model, "checkpoint_sha256", ""):
+            raise BackendError("the model has no checkpoint_sha256, which maps are matched by: load it with "
+                               "load_model or untrained_model (or set the hash of its weights)")
         model = model.eval()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
