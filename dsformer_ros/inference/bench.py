@@ -271,10 +271,10 @@ def bench_variant(variant: str, cfg: BenchConfig, rates: dict[tuple[str, str], f
                 rate = rates[(device_name, "fp32" if runner.precision == "int8" else runner.precision)]
                 roofline_ms = 1000 * gflops / rate
                 row = {
-                    "variant": variant, "input": f"{size[0]}x{size[1]}", "GFLOPs": round(gflops, 1),
+                    "variant": variant, "input": f"{size[0]}x{size[1]}", "GFLOPs": round(gflops, 2),
                     "device": device_name, "backend": runner.backend_name, "precision": runner.precision,
                     "batch": batch, "ms_per_image": round(ms, 2), "images_per_s": round(1000 / ms, 1),
-                    "roofline_ms": round(roofline_ms, 2), "x_roofline": round(ms / roofline_ms, 2),
+                    "roofline_ms": round(roofline_ms, 3), "x_roofline": round(ms / roofline_ms, 3),
                     "min_cosine_vs_fp32": round(cosine, 5),
                 }
                 if reference is not None:
