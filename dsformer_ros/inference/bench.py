@@ -1,4 +1,4 @@
-"""`dsformer-vpr bench`: every available backend side by side, against this machine's GEMM roofline, quiet and contended.
+"""`dsformer-vpr bench`: every available backend side by side against this machine's GEMM roofline, quiet and contended.
 
 Per variant (random weights, random non-zero iRPE tables) and batch size the rows are: torch eager with the authors'
 iRPE formulation (the reference), torch eager (fast iRPE) per precision, ONNX Runtime fp32 and int8 (dynamic

@@ -14,6 +14,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -78,7 +79,9 @@ def check_exportable(model: DSFormer, image_size: tuple[int, int]) -> None:
     if config.variant == "dinov2" and (height % 14 or width % 14):
         raise ExportError(f"image size {height}x{width}: DINOv2 needs multiples of 14 pixels")
     if min(height, width) < stride:
-        raise ExportError(f"image size {height}x{width}: the {config.variant} backbone needs at least {stride} pixels a side")
+        raise ExportError(
+            f"image size {height}x{width}: the {config.variant} backbone needs at least {stride} pixels a side"
+        )
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     strides = config.strides
     tokens = [-(-height // s) * -(-width // s) for s in strides]
@@ -124,7 +127,7 @@ def _verify(data: bytes, example: torch.Tensor, expected: torch.Tensor) -> float
     return diff
 
 
-def _quantize_int8(proto: "onnx.ModelProto", example: torch.Tensor, expected: torch.Tensor) -> tuple[bytes, float]:
+def _quantize_int8(proto: Any, example: torch.Tensor, expected: torch.Tensor) -> tuple[bytes, float]:
     """Dynamic int8 quantization of the MatMul/Gemm weights; ExportError when cosine to fp32 drops below 0.999."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -149,7 +152,7 @@ def export_onnx(
     verify: bool = True,
     quantize: str = "",
 ) -> ExportedModel:
-    """Write `model` as ONNX to `out`; returns what the metadata says (its checkpoint_sha256 and provenance included)."""
+    """Write `model` as ONNX to `out`; returns what the metadata says (checkpoint_sha256 and provenance included)."""
     import onnx
 
     config = model.config

@@ -96,8 +96,8 @@ class LocalizerConfig:
         section=MODEL,
     )
     onnxruntime_spinning: bool = setting(
-        False, "Let idle ONNX Runtime threads spin: a little lower latency on a dedicated CPU, stolen cores (and slower "
-        "frames) when SLAM or planning share it.", section=MODEL,
+        False, "Let idle ONNX Runtime threads spin: a little lower latency on a dedicated CPU, stolen cores (and "
+        "slower frames) when SLAM or planning share it.", section=MODEL,
     )
     engine_cache_dir: str = setting(
         "", "TensorRT engine cache ('': $XDG_CACHE_HOME/dsformer_ros/tensorrt); an engine is built once per model, "
@@ -212,7 +212,9 @@ class Localizer:
             try:
                 method = DescriptorExtractor(backend, preprocess_config=_preprocess_config(place_map), batch_size=1)
             except BackendError as exc:
-                raise LocalizerError(f"map {config.map_path} does not fit checkpoint {config.checkpoint}: {exc}") from None
+                raise LocalizerError(
+                    f"map {config.map_path} does not fit checkpoint {config.checkpoint}: {exc}"
+                ) from None
         localizer = cls(config, method, place_map)
         localizer.warmup(config.warmup_iterations)
         log.info(

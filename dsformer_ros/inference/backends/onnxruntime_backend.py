@@ -61,7 +61,9 @@ class OnnxRuntimeBackend(DescriptorBackend):
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail, ...)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackendError(f"ONNX model {path} cannot be loaded (truncated, corrupt or not ONNX): {first}") from None
+            raise BackendError(
+                f"ONNX model {path} cannot be loaded (truncated, corrupt or not ONNX): {first}"
+            ) from None
         info = ExportedModel.from_props(session.get_modelmeta().custom_metadata_map, str(path))
         super().__init__(
             name="onnxruntime",

@@ -1,4 +1,4 @@
-"""The TensorRT backend: an exported ONNX model built into a TensorRT engine (fp16 by default on the GPU), cached on disk.
+"""The TensorRT backend: an exported ONNX model built into a TensorRT engine (fp16 by default), cached on disk.
 
 Why TensorRT's own Python API rather than ONNX Runtime's CUDA/TensorRT execution providers: robots run Jetsons,
 where JetPack ships TensorRT and its Python bindings but no onnxruntime-gpu wheel on PyPI; the API needs no second
