@@ -99,6 +99,8 @@ class TensorRTBackend(DescriptorBackend):
         )
         self.max_batch = max_batch
         self._logger = trt.Logger(trt.Logger.WARNING)
+        # the iRPE value term is a ScatterElements with reduction add, which TensorRT runs as a bundled plugin
+        trt.init_libnvinfer_plugins(self._logger, "")
         index = cuda.index if cuda.index is not None else torch.cuda.current_device()
         name = engine_file_name(hashlib.sha256(data).hexdigest(), torch.cuda.get_device_name(index),
                                 torch.cuda.get_device_capability(index), trt.__version__, precision, opt_batch,
