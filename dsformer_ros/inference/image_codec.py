@@ -42,10 +42,11 @@ def _as_uint8(data: Any) -> np.ndarray:
         return np.asarray(data, dtype=np.uint8).reshape(-1)
 
 
-def decode_image(
-    encoding: str, height: int, width: int, step: int, data: Any, is_bigendian: int = 0
-) -> np.ndarray:
-    """Fields of a sensor_msgs/Image -> contiguous RGB uint8 (height, width, 3); raises ImageDecodeError."""
+def check_raw_image(encoding: str, height: int, width: int, step: int, data: Any) -> np.ndarray:
+    """Raise ImageDecodeError unless the fields of a sensor_msgs/Image are consistent; returns `data` as flat uint8.
+
+    Every decoder (this module's and cv_bridge) runs it before any conversion.
+    """
     encoding = str(encoding)
     height, width, step = int(height), int(width), int(step)
     if encoding not in RAW_ENCODINGS:
@@ -55,7 +56,7 @@ def decode_image(
         )
     if height <= 0 or width <= 0:
         raise ImageDecodeError(f"image has zero size: {width}x{height}")
-    channels, depth, conversion = RAW_ENCODINGS[encoding]
+    channels, depth, _ = RAW_ENCODINGS[encoding]
     row_bytes = width * channels * depth
     if step < row_bytes:
         raise ImageDecodeError(
@@ -66,6 +67,18 @@ def decode_image(
         raise ImageDecodeError(
             f"image data has {buf.size} bytes, expected at least step*height = {step}*{height} = {step * height}"
         )
+    return buf
+
+
+def decode_image(
+    encoding: str, height: int, width: int, step: int, data: Any, is_bigendian: int = 0
+) -> np.ndarray:
+    """Fields of a sensor_msgs/Image -> contiguous RGB uint8 (height, width, 3); raises ImageDecodeError."""
+    buf = check_raw_image(encoding, height, width, step, data)
+    encoding = str(encoding)
+    height, width, step = int(height), int(width), int(step)
+    channels, depth, conversion = RAW_ENCODINGS[encoding]
+    row_bytes = width * channels * depth
     rows = buf[: step * height].reshape(height, step)[:, :row_bytes]
     if depth == 2:
         dtype = np.dtype(">u2" if is_bigendian else "<u2")
@@ -89,8 +102,11 @@ def _compression(fmt: str) -> str:
     return "png" if tokens[0] == "png" else "jpeg"
 
 
-def decode_compressed(fmt: str, data: Any) -> np.ndarray:
-    """Fields of a sensor_msgs/CompressedImage (format, data) -> RGB uint8 (H, W, 3); raises ImageDecodeError."""
+def check_compressed(fmt: str, data: Any) -> tuple[str, np.ndarray]:
+    """Raise ImageDecodeError unless a sensor_msgs/CompressedImage looks like a whole JPEG or PNG of its format.
+
+    Returns the kind ('jpeg' or 'png') and `data` as flat uint8; every decoder runs it before decoding.
+    """
     kind = _compression(fmt)
     buf = _as_uint8(data)
     if buf.size == 0:
@@ -103,6 +119,12 @@ def decode_compressed(fmt: str, data: Any) -> np.ndarray:
             raise ImageDecodeError(f"corrupt JPEG: truncated ({buf.size} bytes, no end-of-image marker)")
     elif not head.startswith(_PNG_START):
         raise ImageDecodeError(f"corrupt PNG: data does not start with the PNG signature (first bytes {head[:4].hex()})")
+    return kind, buf
+
+
+def decode_compressed(fmt: str, data: Any) -> np.ndarray:
+    """Fields of a sensor_msgs/CompressedImage (format, data) -> RGB uint8 (H, W, 3); raises ImageDecodeError."""
+    kind, buf = check_compressed(fmt, data)
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
         raise ImageDecodeError(f"corrupt {kind.upper()}: OpenCV cannot decode {buf.size} bytes")
