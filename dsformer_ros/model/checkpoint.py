@@ -93,6 +93,26 @@ def _is_state_dict(obj: Any) -> bool:
     )
 
 
+def _retire_dino_intermediate_norm(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Drop `dino_intermediate_norm` from configs saved before it was removed; refuse a DINOv2 model trained with it.
+
+    The key existed in every config of ours (default true) but only changed the DINOv2 variant, where true applied
+    the ViT's final LayerNorm to the two block outputs, a function the authors' model does not compute. Any other
+    variant, or a DINOv2 model saved with false, computes the same function without it; a DINOv2 model saved with
+    true cannot be reproduced and is refused rather than silently run differently.
+    """
+    if "dino_intermediate_norm" not in config:
+        return config
+    norm = config.pop("dino_intermediate_norm")
+    if config.get("variant") == "dinov2" and norm is not False:
+        raise CheckpointError(
+            f"checkpoint {path} is a DINOv2 model trained with dino_intermediate_norm=true (the ViT's final "
+            "LayerNorm applied to the block outputs); that option was removed because the authors' model feeds the "
+            "raw block outputs: retrain (or fine-tune) it with this version"
+        )
+    return config
+
+
 def read_checkpoint(path: str | Path, variant: str | None = None) -> Checkpoint:
     """Read our format or an official raw state_dict (variant inferred from keys unless given)."""
     path = Path(path)
@@ -103,7 +123,7 @@ def read_checkpoint(path: str | Path, variant: str | None = None) -> Checkpoint:
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise CheckpointError(f"checkpoint {path} has format version {version!r}; this build reads <= {FORMAT_VERSION}")
         try:
-            config = from_dict(ModelConfig, dict(obj["config"]))
+            config = from_dict(ModelConfig, _retire_dino_intermediate_norm(dict(obj["config"]), path))
         except (ConfigError, KeyError, TypeError) as exc:
             raise CheckpointError(f"checkpoint {path} has an invalid model config: {exc}") from None
         state_dict = obj.get("state_dict")

@@ -35,7 +35,6 @@ class ModelConfig:
     descriptor_dim: int = 256
     mean: tuple[float, float, float] = LITE_MEAN
     std: tuple[float, float, float] = LITE_STD
-    dino_intermediate_norm: bool = True
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
@@ -109,7 +108,7 @@ def _backbone(config: ModelConfig) -> nn.Module:
     if config.variant == "resnet50":
         return ResNet50Features()
     if config.variant == "dinov2":
-        return DinoV2Features(config.dino_intermediate_norm)
+        return DinoV2Features()
     return EfficientNetLite0Features()
 
 

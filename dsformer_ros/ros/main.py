@@ -26,6 +26,9 @@ def _interrupt_once(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the node until Ctrl-C or shutdown; `argv` are the arguments after the program name (ROS args included)."""
+    from dsformer_ros.common.cpus import prefer_passive_omp_wait
+
+    prefer_passive_omp_wait()  # before torch is imported: the node shares its cores with the robot's other work
     import rclpy
     from rclpy.exceptions import ParameterException
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor

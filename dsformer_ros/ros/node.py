@@ -110,7 +110,8 @@ class VprNode(LifecycleNode):
         if settings.publish_markers:
             self._outputs["markers"] = self.create_lifecycle_publisher(MarkerArray, "~/markers", 10)
         self.get_logger().info(
-            f"configured: {len(localizer.place_map)} places, device {localizer.device}, decoder {decoder_name}"
+            f"configured: {len(localizer.place_map)} places, {localizer.backend} on {localizer.device}, decoder "
+            f"{decoder_name}"
         )
         return super().on_configure(state)
 
@@ -349,6 +350,7 @@ class VprNode(LifecycleNode):
             ("map_keyframe_spacing_m", 2.0 * localizer.floor_sigma_m),
             ("map_path", localizer.config.map_path),
             ("device", localizer.device),
+            ("backend", localizer.backend),
             ("mode", localizer.config.mode),
             ("odometry_topic", self._settings.odometry_topic),
             *(localizer.sequence.status().items() if localizer.sequence is not None else ()),

@@ -6,8 +6,8 @@ import argparse
 from dsformer_ros.common.cli import add_config_flags, add_threads_argument, config_from_args, set_threads
 from training.eval.evaluate import EvalConfig, evaluate
 
-FLAGS = ("dataset.root", "dataset.format", "dataset.split", "method", "baselines", "checkpoint", "variant", "device",
-         "batch_size", "out", "cache_dir", "use_cache", "localizer")
+FLAGS = ("dataset.root", "dataset.format", "dataset.split", "method", "baselines", "checkpoint", "variant", "backend",
+         "device", "batch_size", "out", "cache_dir", "use_cache", "localizer")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

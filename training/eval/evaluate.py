@@ -23,7 +23,8 @@ from dsformer_ros.common.atomic import atomic_write_text
 from dsformer_ros.common.config import ConfigError, to_dict
 from dsformer_ros.common.devices import check_device_name
 from dsformer_ros.common.params import check_fields, setting
-from dsformer_ros.inference.extractor import DescriptorExtractor
+from dsformer_ros.inference.backends import BACKENDS
+from dsformer_ros.inference.extractor import DescriptorExtractor, load_extractor
 from dsformer_ros.inference.methods import DescriptorMethod, RawPixels, RawPixelsConfig
 from dsformer_ros.inference.precision import PRECISIONS
 from dsformer_ros.localization.sequence import SequenceConfig
@@ -70,6 +71,8 @@ class EvalConfig:
     baselines: bool = setting(False, "also run raw_pixels and backbone_gem into the same report")
     checkpoint: str | None = setting(None, "checkpoint file; without one: the UNTRAINED variant, with a warning")
     variant: str | None = setting(None, "model variant when no checkpoint is given (default efficientnet_lite0)")
+    backend: str = setting("torch", "descriptor backend of method dsformer: torch, onnxruntime (CPU) or tensorrt "
+                           "(CUDA); the last two take the .onnx of dsformer-vpr export as checkpoint", choices=BACKENDS)
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     batch_size: int = setting(16, "images per forward pass", low=1)
     precision: str = setting("fp32", "inference precision", choices=PRECISIONS)
@@ -90,6 +93,9 @@ class EvalConfig:
         """Raise ConfigError naming the first bad field."""
         check_fields(self)
         check_device_name(self.device)
+        if self.backend != "torch" and (self.baselines or self.method != "dsformer" or not self.checkpoint):
+            raise ConfigError(f"backend: {self.backend} runs method dsformer from an exported .onnx checkpoint, "
+                              "without baselines (backbone_gem needs the PyTorch checkpoint)")
         if not self.recall_ns or min(self.recall_ns) < 1:
             raise ConfigError(f"recall_ns: need positive integers, got {list(self.recall_ns)}")
         if not self.out:
@@ -106,6 +112,8 @@ def build_methods(cfg: EvalConfig) -> list[DescriptorMethod]:
     """Instantiate the configured methods (the model is loaded once when a method needs it)."""
     names = cfg.methods()
     model = None
+    if cfg.backend != "torch":
+        return [load_extractor(cfg.backend, cfg.checkpoint, cfg.device, cfg.precision, cfg.batch_size)]
     if "dsformer" in names or "backbone_gem" in names:
         if not cfg.checkpoint:
             log.warning("no checkpoint given: evaluating an UNTRAINED %s (ImageNet backbone, random transformer); "

@@ -29,7 +29,8 @@ from dsformer_ros.common.config import ConfigError, to_dict
 from dsformer_ros.common.devices import check_device_name
 from dsformer_ros.common.params import check_fields, setting
 from dsformer_ros.common.utm import latlon_to_utm
-from dsformer_ros.inference.extractor import DescriptorExtractor
+from dsformer_ros.inference.backends import BACKENDS
+from dsformer_ros.inference.extractor import DescriptorExtractor, load_extractor
 from dsformer_ros.inference.image_codec import ImageDecodeError
 from dsformer_ros.inference.methods import DescriptorMethod, RawPixels, RawPixelsConfig
 from dsformer_ros.inference.precision import PRECISIONS
@@ -79,6 +80,8 @@ class BuildMapConfig:
     method: str = setting("dsformer", "descriptor method of the map", choices=METHODS)
     checkpoint: str = setting("", "model checkpoint (method dsformer); without one: the UNTRAINED variant, a warning")
     variant: str = setting("efficientnet_lite0", "model variant when no checkpoint is given")
+    backend: str = setting("torch", "descriptor backend: torch, onnxruntime (CPU) or tensorrt (CUDA); the last two "
+                           "take the .onnx of dsformer-vpr export as checkpoint", choices=BACKENDS)
     raw_pixels: RawPixelsConfig = dataclasses.field(default_factory=RawPixelsConfig)
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     batch_size: int = setting(16, "images per forward pass", low=1)
@@ -101,6 +104,8 @@ class BuildMapConfig:
         """Raise ConfigError naming the first bad field."""
         check_fields(self)
         check_device_name(self.device)
+        if self.backend != "torch" and not self.checkpoint:
+            raise ConfigError(f"checkpoint: backend {self.backend} needs the exported .onnx (dsformer-vpr export)")
         if self.odom_topic and not self.odom_utm_zone:
             raise ConfigError("odom_utm_zone: required with odom_topic (the UTM zone of the odometry frame, e.g. 32U)")
         if self.odom_utm_zone:
@@ -120,6 +125,8 @@ def make_method(cfg: BuildMapConfig, device: str) -> DescriptorMethod:
     if not cfg.checkpoint:
         log.warning("no checkpoint given: describing with an UNTRAINED %s (ImageNet backbone, random transformer); "
                     "the map is valid but only a baseline. Pass --checkpoint for a real map.", cfg.variant)
+    if cfg.backend != "torch":
+        return load_extractor(cfg.backend, cfg.checkpoint, device, cfg.precision, cfg.batch_size)
     model = load_model(cfg.checkpoint or None, variant=cfg.variant, device=device)
     return DescriptorExtractor(model, batch_size=cfg.batch_size, precision=cfg.precision)
 
@@ -541,7 +548,7 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-FLAGS = ("out", "kind", "image_topic", "gps_topic", "odom_topic", "odom_utm_zone", "method", "checkpoint", "variant",
+FLAGS = ("out", "kind", "image_topic", "gps_topic", "odom_topic", "odom_utm_zone", "method", "checkpoint", "variant", "backend",
          "device", "batch_size", "precision", "spacing_m", "chunk_size", "shard", "index.kind", "work_dir", "restart")
 
 

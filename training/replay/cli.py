@@ -8,7 +8,7 @@ from dsformer_ros.common.cli import add_config_flags, config_from_args
 from training.replay.config import ReplayConfig
 from training.replay.replay import REPORT, format_metrics, run_replay
 
-FLAGS = ("map", "checkpoint", "method", "mode", "image_topic", "gps_topic", "radius_m", "max_frames", "rate",
+FLAGS = ("map", "checkpoint", "backend", "method", "mode", "image_topic", "gps_topic", "radius_m", "max_frames", "rate",
          "device", "threads", "out", "localizer", "odometry_topic")
 
 

@@ -6,6 +6,7 @@ from typing import Literal
 
 from dsformer_ros.common.config import ConfigError
 from dsformer_ros.common.params import check_fields, setting
+from dsformer_ros.inference.backends import BACKENDS
 from dsformer_ros.inference.methods import RawPixelsConfig
 from dsformer_ros.inference.precision import PRECISIONS
 from dsformer_ros.localization.localizer import MODES, AcceptanceConfig, LocalizerConfig
@@ -22,6 +23,8 @@ class ReplayConfig:
     map: str = setting("", "map directory built with the same method and checkpoint (dsformer-vpr build-map)")
     checkpoint: str = setting("", "model checkpoint (method dsformer)")
     method: str = setting("dsformer", "descriptor method; the map must have been built with it", choices=METHODS)
+    backend: str = setting("torch", "descriptor backend of method dsformer: torch, onnxruntime (CPU) or tensorrt "
+                           "(CUDA); the last two take the .onnx of dsformer-vpr export as checkpoint", choices=BACKENDS)
     image_topic: str = setting("/camera/image_raw", "image topic (sensor_msgs/Image or CompressedImage)")
     gps_topic: str = setting("/gps/fix", "sensor_msgs/NavSatFix topic: the ground truth")
     mode: Literal["offline", "node"] = setting(
@@ -68,8 +71,8 @@ class ReplayConfig:
 
     def localizer_config(self) -> LocalizerConfig:
         """The localizer settings both modes run with (the node gets them as parameters)."""
-        cfg = LocalizerConfig(checkpoint=self.checkpoint, map_path=self.map, device=self.device,
-                              precision=self.precision, top_k=self.top_k, mode=self.localizer,
+        cfg = LocalizerConfig(checkpoint=self.checkpoint, backend=self.backend, map_path=self.map,
+                              device=self.device, precision=self.precision, top_k=self.top_k, mode=self.localizer,
                               acceptance=self.acceptance, sequence=self.sequence)
         cfg.validate()
         return cfg
