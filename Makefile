@@ -16,4 +16,4 @@ test: venv
 	$(PY) -m pytest -q test
 
 bench: venv
-	$(PY) -m training.cli bench --variant efficientnet_lite0
+	$(PY) -m training.cli bench --variants efficientnet_lite0
