@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from dsformer_ros.common.config import ConfigError
+from dsformer_ros.inference.image_codec import MAX_PIXELS, ImageDecodeError, decode_compressed
 
 
 class ImageError(ValueError):
@@ -114,12 +115,20 @@ def preprocess(images: Sequence[np.ndarray], config: PreprocessConfig, bgr: bool
     return normalise(np.stack(resized), config)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as H x W x 3 RGB uint8, with a clear error for missing or undecodable files."""
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read a JPEG or PNG file as H x W x 3 RGB uint8; its header size is checked against `max_pixels` first."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
-    bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ImageError(f"image {path} cannot be decoded")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
+    data = np.fromfile(path, dtype=np.uint8)
+    head = data[:8].tobytes()
+    if head.startswith(b"\xff\xd8"):
+        kind = "jpeg"
+    elif head.startswith(b"\x89PNG"):
+        kind = "png"
+    else:
+        raise ImageError(f"image {path} cannot be decoded: not a JPEG or PNG file (first bytes {head[:4].hex()})")
+    try:
+        return decode_compressed(kind, data, max_pixels)
+    except ImageDecodeError as exc:
+        raise ImageError(f"image {path} cannot be decoded: {exc}") from None

@@ -12,6 +12,7 @@ import yaml
 
 from dsformer_ros.common.config import ConfigError, from_dict
 from dsformer_ros.common.params import Spec, check_fields, setting, specs
+from dsformer_ros.inference.image_codec import MAX_PIXELS
 from dsformer_ros.localization.localizer import MODEL, LocalizerConfig
 from dsformer_ros.ros.frame_decoder import DECODERS
 
@@ -47,6 +48,12 @@ class NodeSettings:
     image_decoder: str = setting(
         "auto", "Image conversion: auto (cv_bridge when installed, else built-in), cv_bridge (required) or builtin.",
         choices=DECODERS, section=INPUT,
+    )
+    max_image_pixels: int = setting(
+        MAX_PIXELS,
+        "Largest image (width x height) accepted; larger ones are rejected from their header, before decoding, "
+        "so a hostile or broken message cannot exhaust memory.",
+        low=1, high=1_000_000_000, section=INPUT,
     )
     max_rate_hz: float = setting(
         0.0,
