@@ -19,6 +19,10 @@ from dsformer_ros.inference.preprocess import (
 from dsformer_ros.model.dsformer import DSFormer
 
 
+class DescriptorError(ValueError):
+    """The model produced descriptors that cannot be used (NaN, inf or all zero); none of them leaves the extractor."""
+
+
 class DescriptorExtractor:
     """Wraps a DSFormer for inference: preprocessing, batching by output size, optional autocast/channels_last/compile."""
 
@@ -56,13 +60,22 @@ class DescriptorExtractor:
 
     @torch.inference_mode()
     def describe_tensor(self, batch: torch.Tensor) -> torch.Tensor:
-        """Normalised (B, 3, H, W) tensor -> (B, D) float32 unit descriptors on the model's device."""
+        """Normalised (B, 3, H, W) tensor -> (B, D) float32 unit descriptors on the model's device; DescriptorError
+        when any is not finite or zero, so no NaN reaches a map, a descriptor file or a published message."""
         batch = batch.to(self.device, non_blocking=True)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast(self.precision, self.device.type):
             out = self._forward(batch)
-        return torch.nn.functional.normalize(out.float(), dim=1)
+        out = out.float()
+        norms = torch.linalg.vector_norm(out, dim=1)
+        bad = ~torch.isfinite(norms) | (norms == 0)
+        if bool(bad.any()):
+            raise DescriptorError(
+                f"the model produced {int(bad.sum())} of {out.shape[0]} descriptor(s) that are NaN, inf or zero "
+                f"(broken weights, or overflow at {self.precision}); refusing to use them"
+            )
+        return torch.nn.functional.normalize(out, dim=1)
 
     def describe(self, images: Sequence[np.ndarray], bgr: bool = False, progress: bool = False) -> np.ndarray:
         """uint8 H x W x 3 images (RGB, or BGR with bgr=True) -> float32 (N, D) descriptors in input order."""

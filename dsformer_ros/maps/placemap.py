@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from dsformer_ros.common.atomic import atomic_directory
 from dsformer_ros.common.config import ConfigError, from_dict, to_dict
+from dsformer_ros.common.datafiles import file_sha256
 from dsformer_ros.maps.map_index import IndexConfig, apply_search_params, build_index, index_kind_matches, read_flags
 
 log = logging.getLogger(__name__)
@@ -207,12 +207,6 @@ class SearchResult:
         return self._metadata.take(rows[rows >= 0])
 
 
-def _sha256(path: Path) -> str:
-    """SHA-256 of a file, streamed in chunks."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def _check_descriptors(descriptors: np.ndarray, start: int = 0) -> None:
     """Raise MapError unless every row is finite and L2-normalised."""
     values = np.asarray(descriptors, dtype=np.float32)
@@ -314,9 +308,9 @@ class PlaceMap:
             for name in PlaceMetadata.columns():
                 file_name = f"places.{name}.npy"
                 np.save(tmp / file_name, np.ascontiguousarray(getattr(self.metadata, name)), allow_pickle=False)
-                files[file_name] = _sha256(tmp / file_name)
+                files[file_name] = file_sha256(tmp / file_name)
             faiss.write_index(self.index, str(tmp / INDEX))
-            files[INDEX] = _sha256(tmp / INDEX)
+            files[INDEX] = file_sha256(tmp / INDEX)
             out = np.lib.format.open_memmap(
                 tmp / DESCRIPTORS, mode="w+", dtype=self.manifest.descriptor_dtype, shape=self.descriptors.shape
             )
@@ -326,7 +320,7 @@ class PlaceMap:
                 out[start : start + _CHUNK] = chunk
             out.flush()
             del out
-            files[DESCRIPTORS] = _sha256(tmp / DESCRIPTORS)
+            files[DESCRIPTORS] = file_sha256(tmp / DESCRIPTORS)
             self.manifest.files = dict(sorted(files.items()))
             (tmp / MANIFEST).write_text(self.manifest.to_json())
         log.info("saved map of %d places to %s", len(self), path)
@@ -362,7 +356,7 @@ class PlaceMap:
             for name, expected in manifest.files.items():
                 if not (path / name).is_file():
                     raise MapError(f"map {path} is missing file {name}")
-                actual = _sha256(path / name)
+                actual = file_sha256(path / name)
                 if actual != expected:
                     raise MapError(f"checksum mismatch for {name}: manifest says {expected}, file has {actual}")
         mode = "r" if mmap else None
