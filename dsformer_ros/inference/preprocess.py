@@ -1,6 +1,7 @@
 """uint8 camera images (RGB or BGR, as ROS images come) -> the normalised float tensor the model takes."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -11,6 +12,9 @@ import torch
 
 from dsformer_ros.common.config import ConfigError
 from dsformer_ros.inference.image_codec import MAX_PIXELS, ImageDecodeError, decode_compressed
+
+
+MAX_SIDE = 8192  # largest model input side: beyond it a (hostile) map or config would allocate gigabytes per frame
 
 
 class ImageError(ValueError):
@@ -36,6 +40,14 @@ class PreprocessConfig:
             raise ConfigError(f"size: expected (height, width) > 0, got {self.size}")
         if self.short_side < 1 or self.multiple < 1:
             raise ConfigError("short_side and multiple must be >= 1")
+        if max(self.size) > MAX_SIDE or self.short_side > MAX_SIDE or self.multiple > MAX_SIDE:
+            raise ConfigError(f"size, short_side and multiple must be at most {MAX_SIDE} pixels")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                raise ConfigError(f"{name}: expected three finite numbers (R, G, B), got {list(values)}")
+        if min(self.std) <= 0:
+            raise ConfigError(f"std: every channel's standard deviation must be > 0, got {list(self.std)}")
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) the model sees for an input of height x width."""
