@@ -14,6 +14,7 @@ import datetime
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import faiss
@@ -371,7 +372,10 @@ class PlaceMap:
                 file_name = f"places.{name}.npy"
                 np.save(tmp / file_name, np.ascontiguousarray(getattr(self.metadata, name)), allow_pickle=False)
                 files[file_name] = file_sha256(tmp / file_name)
-            faiss.write_index(self.index, str(tmp / INDEX))
+            try:
+                faiss.write_index(self.index, str(tmp / INDEX))
+            except RuntimeError as exc:  # FAISS reports failed writes (disk full) as RuntimeError
+                raise MapError(f"cannot write map {path}: writing {INDEX} failed: {_faiss_reason(exc)}") from None
             files[INDEX] = file_sha256(tmp / INDEX)
             out = np.lib.format.open_memmap(
                 tmp / DESCRIPTORS, mode="w+", dtype=self.manifest.descriptor_dtype, shape=self.descriptors.shape
@@ -525,6 +529,13 @@ class PlaceMap:
             distances, _ = cKDTree(xy).query(xy, k=2)
             self._spacing = float(np.median(distances[:, 1]))
         return self._spacing
+
+
+def _faiss_reason(exc: RuntimeError) -> str:
+    """The system's reason at the end of a FAISS I/O error ('... (No space left on device)'), else its whole text."""
+    text = " ".join(str(exc).split())
+    match = re.search(r"\(([^()]+)\)$", text)
+    return match.group(1) if match else text
 
 
 def _check_ivf_ids(index: faiss.Index, count: int) -> None:
