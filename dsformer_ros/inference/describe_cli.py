@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsformer_ros.common.atomic import atomic_save
+from dsformer_ros.common.atomic import atomic_save, check_output_file
 from dsformer_ros.inference.extractor import DescriptorExtractor
 from dsformer_ros.inference.precision import PRECISIONS
 from dsformer_ros.model.loading import load_model
@@ -28,10 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Describe the images and write the .npy atomically."""
+    out = check_output_file(args.out)
     model = load_model(args.checkpoint, variant=args.variant, device=args.device)
     extractor = DescriptorExtractor(model, batch_size=args.batch_size, precision=args.precision)
     descriptors = extractor.describe_paths(args.images, progress=True)
-    out = Path(args.out)
     atomic_save(out, lambda tmp: _write_npy(tmp, descriptors))
     log.info("wrote %d descriptors of dimension %d to %s", len(descriptors), descriptors.shape[1], out)
     return 0

@@ -84,14 +84,13 @@ class DescriptorExtractor:
         rgb_images = [as_rgb_uint8(image, bgr=bgr) for image in images]
         for i, rgb in enumerate(rgb_images):
             groups.setdefault(self.preprocess_config.output_size(rgb.shape[0], rgb.shape[1]), []).append(i)
-        bar = tqdm(total=len(images), desc="describe", unit="img", disable=not progress)
-        for indices in groups.values():
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start : start + self.batch_size]
-                tensor = preprocess([rgb_images[i] for i in chunk], self.preprocess_config)
-                out[chunk] = self.describe_tensor(tensor).cpu().numpy()
-                bar.update(len(chunk))
-        bar.close()
+        with tqdm(total=len(images), desc="describe", unit="img", disable=not progress) as bar:
+            for indices in groups.values():
+                for start in range(0, len(indices), self.batch_size):
+                    chunk = indices[start : start + self.batch_size]
+                    tensor = preprocess([rgb_images[i] for i in chunk], self.preprocess_config)
+                    out[chunk] = self.describe_tensor(tensor).cpu().numpy()
+                    bar.update(len(chunk))
         return out
 
     def describe_paths(self, paths: Iterable[str | Path], progress: bool = False) -> np.ndarray:
@@ -117,10 +116,9 @@ def describe_files(
     """Read image files batch by batch and stack `describe(batch_of_rgb)` into float32 (N, dim)."""
     paths = list(paths)
     out = np.zeros((len(paths), dim), dtype=np.float32)
-    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        out[start : start + len(chunk)] = describe([read_image(p) for p in chunk])
-        bar.update(len(chunk))
-    bar.close()
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:  # closed before any error line
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            out[start : start + len(chunk)] = describe([read_image(p) for p in chunk])
+            bar.update(len(chunk))
     return out

