@@ -15,6 +15,9 @@ _PUBLIC = {
     "DescriptorExtractor": "dsformer_ros.inference.extractor",
     "load_model": "dsformer_ros.model.loading",
     "resolve_device": "dsformer_ros.common.devices",
+    "Localizer": "dsformer_ros.localization.localizer",
+    "LocalizerConfig": "dsformer_ros.localization.localizer",
+    "PlaceMap": "dsformer_ros.maps.placemap",
     "PreprocessConfig": "dsformer_ros.inference.preprocess",
     "preprocess": "dsformer_ros.inference.preprocess",
 }

@@ -13,9 +13,9 @@ from training.demo import DemoConfig, format_table, run_demo, small_preset
 @pytest.mark.timeout(900)
 def test_small_demo_trained_model_beats_baselines(tmp_path: Path) -> None:
     """The trained model beats the untrained one and raw pixels on Recall@1; node and offline replay agree."""
-    cfg = from_dict(DemoConfig, {**small_preset(), "out_dir": str(tmp_path / "demo")})
+    cfg = from_dict(DemoConfig, {**small_preset(), "out": str(tmp_path / "demo")})
     report = run_demo(cfg)
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out)
     saved = json.loads((out / "report.json").read_text())
     assert saved["verdict"] == report["verdict"]
     r1 = report["verdict"]["recall_at_1"]

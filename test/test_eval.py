@@ -78,7 +78,7 @@ def test_at_reader_and_geotagged_report(corridor: Path, tmp_path: Path) -> None:
     assert math.isclose(float(dataset.database_heading[3]), 93.0)
 
     cfg = EvalConfig(
-        dataset=DatasetConfig(format="at", root=str(root), split="test"), method="raw_pixels", out_dir=str(tmp_path / "out")
+        dataset=DatasetConfig(format="at", root=str(root), split="test"), method="raw_pixels", out=str(tmp_path / "out")
     )
     report = evaluate(cfg)
     assert report["dataset"]["geotagged"] and report["figures"]["queries_map"] == "queries_map.png"
@@ -146,7 +146,7 @@ def test_corridor_protocol_baselines_report_and_cache(corridor: Path, tmp_path: 
             method=method,
             device="cpu",
             batch_size=32,
-            out_dir=str(tmp_path / method),
+            out=str(tmp_path / method),
             cache_dir=str(tmp_path / "cache"),
         )
         return evaluate(cfg)["methods"][method]
@@ -191,8 +191,8 @@ def test_eval_cli_with_baselines_on_gardens_point(gardens_point: Path, tmp_path:
 
 def test_bad_configuration_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="dataset.root"):
-        EvalConfig(dataset=DatasetConfig(format="folders"), out_dir=str(tmp_path)).dataset.validate()
+        EvalConfig(dataset=DatasetConfig(format="folders"), out=str(tmp_path)).dataset.validate()
     with pytest.raises(ValueError, match="method"):
-        EvalConfig(method="sift", out_dir=str(tmp_path)).validate()
+        EvalConfig(method="sift", out=str(tmp_path)).validate()
     with pytest.raises(DatasetError, match="does not exist"):
         read_index_folders(tmp_path / "nowhere")

@@ -6,13 +6,13 @@ import math
 import numpy as np
 import pytest
 
+from dsformer_ros.common.geometry import heading_to_yaw
 from dsformer_ros.localization.pose_estimate import (
     UNKNOWN_YAW_VARIANCE,
     YAW_VARIANCE_FLOOR,
     Candidates,
     TemporalFilter,
     decide,
-    heading_to_yaw,
     pose_covariance,
 )
 

@@ -15,7 +15,7 @@ from dsformer_ros.model.pretrained import init_backbone
 from training.maps.build_map import BuildMapConfig, build_map
 from training.replay.metrics import ReplayResults, compute_metrics
 from training.replay.replay import ReplayConfig, run_replay
-from training.synth.cli import SynthConfig
+from training.synth.config import SynthConfig
 from training.synth.drive import write_drive
 
 FRAMES = 24
@@ -54,9 +54,9 @@ def drive_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A day mapping bag and a dusk query bag (other lane) of one route, an untrained small checkpoint, its map."""
     root = tmp_path_factory.mktemp("replay")
     common = dict(blocks_x=3, blocks_y=3, route_seed=2, width=128, height=96, fps=2.0, frames=FRAMES)
-    write_drive(SynthConfig(**common, condition="day", drive_seed=1, output=str(root / "mapping")))
+    write_drive(SynthConfig(**common, condition="day", drive_seed=1, out=str(root / "mapping")))
     write_drive(SynthConfig(**common, condition="dusk", lane_offset_m=-1.75, drive_seed=2, compressed=True,
-                            start_time_s=1_700_001_000.0, output=str(root / "query")))
+                            start_time_s=1_700_001_000.0, out=str(root / "query")))
     torch.manual_seed(0)
     model = build_model(dataclasses.replace(preset("efficientnet_lite0"), image_size=(64, 64)))
     init_backbone(model)
@@ -70,7 +70,7 @@ def drive_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _config(setup: dict[str, Path], mode: str) -> ReplayConfig:
     return ReplayConfig(bag=str(setup["query"]), map=str(setup["map"]), checkpoint=str(setup["checkpoint"]),
                         image_topic="/camera/image_raw/compressed", mode=mode, recall_ns=[1, 5], device="cpu",
-                        out_dir=str(setup["root"] / f"report_{mode}"), torch_threads=1)
+                        out=str(setup["root"] / f"report_{mode}"), threads=1)
 
 
 def test_offline_and_node_agree(drive_setup: dict[str, Path]) -> None:
@@ -95,10 +95,10 @@ def test_offline_and_node_agree(drive_setup: dict[str, Path]) -> None:
 
 def test_report_and_figures(drive_setup: dict[str, Path]) -> None:
     """report.json holds the metrics and the PNG figures exist and are images."""
-    cfg = dataclasses.replace(_config(drive_setup, "offline"), out_dir=str(drive_setup["root"] / "report_figs"),
+    cfg = dataclasses.replace(_config(drive_setup, "offline"), out=str(drive_setup["root"] / "report_figs"),
                               max_frames=10)
     run_replay(cfg)
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out)
     report = json.loads((out / "report.json").read_text())
     m = report["metrics"]
     assert m["frames"] == 10 and m["frames_with_gps"] == 10
@@ -114,6 +114,6 @@ def test_bad_inputs_are_named(drive_setup: dict[str, Path], tmp_path: Path) -> N
     cfg = dataclasses.replace(_config(drive_setup, "offline"), map=str(tmp_path / "nomap"))
     with pytest.raises(FileNotFoundError, match="map"):
         run_replay(cfg)
-    cfg = dataclasses.replace(_config(drive_setup, "offline"), image_topic="/nope", out_dir=str(tmp_path / "o"))
+    cfg = dataclasses.replace(_config(drive_setup, "offline"), image_topic="/nope", out=str(tmp_path / "o"))
     with pytest.raises(ValueError, match="/nope"):
         run_replay(cfg)

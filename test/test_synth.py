@@ -9,12 +9,13 @@ import pytest
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
+from dsformer_ros.common.geometry import yaw_to_heading
 from dsformer_ros.common.utm import latlon_to_utm
 from training.io.at_names import list_images, parse_at_name
 from dsformer_ros.common.atomic import OutputPathError
 from training.io.bag_writer import BagExistsError, DriveLogWriter
-from training.synth.cli import SynthConfig
-from training.synth.drive import GeoOrigin, compass_heading_deg, write_drive
+from training.synth.config import SynthConfig
+from training.synth.drive import GeoOrigin, write_drive
 from training.synth.render import CONDITIONS, FACADE, GROUND, SKY, Camera, Pose, Renderer
 from training.synth.routes import build_trajectory, poses_at, random_route, serpentine_route
 from training.synth.town import TownSpec, build_town
@@ -98,12 +99,12 @@ def test_routes_and_poses_stay_on_streets(town):
     assert np.allclose(steps, 0.8, atol=0.1)
     serp = serpentine_route(town)
     assert len(set(serp)) == len(town.xs) * len(town.ys)
-    assert compass_heading_deg(math.pi / 2) == 0.0 and compass_heading_deg(0.0) == 90.0
+    assert yaw_to_heading(math.pi / 2) == 0.0 and yaw_to_heading(0.0) == 90.0
 
 
 @pytest.mark.parametrize("storage,compressed", [("mcap", False), ("sqlite3", True)])
 def test_drive_bag_reads_back(tmp_path, storage, compressed):
-    cfg = small_cfg(tmp_path, storage=storage, compressed=compressed, output=str(tmp_path / "bag"), gps_no_fix_fraction=0.2)
+    cfg = small_cfg(tmp_path, storage=storage, compressed=compressed, out=str(tmp_path / "bag"), gps_no_fix_fraction=0.2)
     summary = write_drive(cfg)
     assert summary.frames == 12
     ts = get_typestore(Stores.ROS2_KILTED)
@@ -146,7 +147,7 @@ def test_drive_bag_reads_back(tmp_path, storage, compressed):
 
 
 def test_at_export_parses_back_to_ground_truth(tmp_path):
-    cfg = small_cfg(tmp_path, export_at=str(tmp_path / "at"), output=str(tmp_path / "bag"), condition="night", lane_offset_m=-1.75)
+    cfg = small_cfg(tmp_path, export_at=str(tmp_path / "at"), out=str(tmp_path / "bag"), condition="night", lane_offset_m=-1.75)
     write_drive(cfg)
     files = sorted(list_images(tmp_path / "at"), key=lambda f: parse_at_name(f).pano_id)
     assert len(files) == 12
@@ -161,7 +162,7 @@ def test_at_export_parses_back_to_ground_truth(tmp_path):
         name = parse_at_name(f)
         assert (name.zone_number, name.zone_letter) == (32, "U")
         assert name.easting == pytest.approx(x, abs=0.01) and name.northing == pytest.approx(y, abs=0.01)
-        assert name.heading_deg == pytest.approx(compass_heading_deg(yaw), abs=0.01)
+        assert name.heading_deg == pytest.approx(float(yaw_to_heading(yaw)), abs=0.01)
         e, n, _, _ = latlon_to_utm(name.lat, name.lon)
         assert float(e) == pytest.approx(x, abs=0.05) and float(n) == pytest.approx(y, abs=0.05)
     with pytest.raises(OutputPathError, match="exists already; choose a new path"):

@@ -22,7 +22,6 @@ from dsformer_ros.inference.extractor import DescriptorExtractor
 from dsformer_ros.model.checkpoint import read_checkpoint
 from dsformer_ros.model.dsformer import preset
 from training.cli import main as cli_main
-from training.eval.baselines import DSFormerMethod
 from training.eval.datasets import DatasetConfig, open_dataset
 from training.eval.evaluate import EvalConfig, evaluate_method
 from training.io.at_names import AtName, format_at_name
@@ -81,7 +80,7 @@ def _config(corridor: Path, roots: Path, out_dir: Path, *overrides: str, val: bo
         "val": {"dataset": {"format": "folders", "root": str(corridor)} if val else None, "recall_ns": [1, 5]},
         "device": "cpu",
         "num_workers": 0,
-        "out_dir": str(out_dir),
+        "out": str(out_dir),
         "progress": False,
     }
     path = out_dir.parent / f"{out_dir.name}.yaml"
@@ -168,7 +167,7 @@ def _recall_at_1(model: torch.nn.Module, corridor: Path) -> float:
     dataset = open_dataset(DatasetConfig(format="folders", root=str(corridor)))
     cfg = EvalConfig(dataset=DatasetConfig(format="folders", root=str(corridor)), recall_ns=(1,), top_k=1,
                      out_dir="unused", use_cache=False, figures=False)
-    section = evaluate_method(DSFormerMethod(DescriptorExtractor(model)), dataset, cfg, cache_dir=None)
+    section = evaluate_method(DescriptorExtractor(model), dataset, cfg, cache_dir=None)
     return float(section["recall"]["1"])
 
 

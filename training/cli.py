@@ -17,9 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-map": ("training.maps.build_map", "build a reference map from a drive log (rosbag2, ROS 1 bag) or '@' folder"),
     "merge-maps": ("training.maps.merge_maps", "merge map shards built with --shard i/n into one map"),
     "partition": ("training.partition.cli", "block-clustering (or grid) partition of geo-tagged positions"),
+    "bench-partition": ("training.partition.bench", "time the block and grid partitions on 100k to 3.4M positions"),
     "train": ("training.train.train", "train DSFormer (EigenPlaces-style) from a YAML config"),
     "synth": ("training.synth.cli", "render synthetic drive logs of a procedural town"),
-    "replay": ("training.replay.replay", "replay a bag against a map: Recall@N, fix precision, latency"),
+    "replay": ("training.replay.cli", "replay a bag against a map: Recall@N, fix precision, latency"),
     "demo": ("training.demo", "the end-to-end demo: synth, train, build map, replay through the node"),
 }
 

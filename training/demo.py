@@ -7,7 +7,7 @@
 3. build-map: from the mapping bag with the trained checkpoint, and with the untrained starting point of training;
 4. replay: the query bag through the running node (trained model), offline for the baselines (untrained model,
    raw pixels on the same places);
-5. a table (Recall@1/5/10, accepted-fix precision, latency p50/p95) and `<out_dir>/report.json` with figures.
+5. a table (Recall@1/5/10, accepted-fix precision, latency p50/p95) and `<out>/report.json` with figures.
 """
 from __future__ import annotations
 
@@ -24,17 +24,16 @@ from typing import Any, Callable
 import torch
 
 from dsformer_ros.common.atomic import atomic_write_text
-from dsformer_ros.common.cli import add_config_arguments, config_from_args
+from dsformer_ros.common.cli import add_config_flags, config_from_args
 from dsformer_ros.common.config import ConfigError, load_config, to_dict
-from dsformer_ros.maps.placemap import PlaceMap
+from dsformer_ros.common.params import setting
 from dsformer_ros.model.checkpoint import read_checkpoint, save_checkpoint
-from dsformer_ros.model.dsformer import build_model
-from dsformer_ros.model.pretrained import init_backbone
+from dsformer_ros.model.loading import untrained_model
 from training.eval.plots import plot_recall_curves
 from training.maps.build_map import BuildMapConfig, build_map
-from training.replay.raw import replay_raw_pixels
-from training.replay.replay import REPORT, ReplayConfig, json_default, run_replay
-from training.synth.cli import SynthConfig
+from training.replay.config import ReplayConfig
+from training.replay.replay import REPORT, json_default, run_replay
+from training.synth.config import SynthConfig
 from training.synth.drive import write_drive
 from training.train.config import TrainConfig
 from training.train.train import train
@@ -49,9 +48,9 @@ IMAGE_TOPIC = "/camera/image_raw"
 class DemoConfig:
     """Sizes and seeds of the demo; the defaults fit in 15 minutes on a 2-core CPU, `--small` is the test's."""
 
-    out_dir: str = "runs/demo"
+    out: str = setting("runs/demo", "output folder")
     train_config: str = ""  # base training config; "" = training/configs/lite0_cpu.yaml
-    seed: int = 0  # town seed (also the training seed)
+    seed: int = setting(0, "town and training seed")
     blocks: int = 4  # town size in blocks per side
     width: int = 320  # rendered frames
     height: int = 240
@@ -76,11 +75,11 @@ class DemoConfig:
         "data.partition.groups_per_direction=1", "data.partition.min_images_per_class=4",
         "data.min_frames_per_class=4", "data.heading_tolerance_deg=45.0", "optim.groups=[1]",
     ])
-    threads: int = 2  # torch CPU threads of this process
+    threads: int = setting(2, "torch CPU threads of this process", low=1)
     radius_m: float = 25.0
     recall_ns: list[int] = dataclasses.field(default_factory=lambda: [1, 5, 10])
     check_offline: bool = True  # also replay the trained model offline (must equal the node's recall)
-    reuse: bool = False  # keep finished steps of an earlier run in out_dir (drives, checkpoint, maps)
+    reuse: bool = setting(False, "keep finished steps of an earlier run in out (drives, checkpoint, maps)")
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad field."""
@@ -120,7 +119,7 @@ class Steps:
 
 def _drive(cfg: DemoConfig, out: Path, reuse: bool, **fields: Any) -> str:
     """Render one drive unless `reuse` and its output exists; returns what it wrote."""
-    target = Path(fields.get("output") or fields["export_at"])
+    target = Path(fields.get("out") or fields["export_at"])
     if reuse and target.exists():
         log.info("reusing %s", target)
         return str(target)
@@ -142,10 +141,10 @@ def make_drives(cfg: DemoConfig, out: Path) -> dict[str, Any]:
                                  export_at=str(out / "train_images" / condition)))
     mapping = _drive(cfg, out, cfg.reuse, route="random", route_seed=cfg.route_seed, condition=cfg.map_condition,
                      lane_offset_m=1.75, length_m=cfg.route_length_m, fps=cfg.map_fps, drive_seed=1,
-                     output=str(out / "bags" / f"mapping_{cfg.map_condition}"))
+                     out=str(out / "bags" / f"mapping_{cfg.map_condition}"))
     query = _drive(cfg, out, cfg.reuse, route="random", route_seed=cfg.route_seed, condition=cfg.query_condition,
                    lane_offset_m=cfg.query_lane_offset_m, length_m=cfg.route_length_m, fps=cfg.query_fps, drive_seed=2,
-                   start_time_s=1_700_003_600.0, output=str(out / "bags" / f"query_{cfg.query_condition}"))
+                   start_time_s=1_700_003_600.0, out=str(out / "bags" / f"query_{cfg.query_condition}"))
     return {"train_dirs": train_dirs, "mapping_bag": mapping, "query_bag": query}
 
 
@@ -163,7 +162,7 @@ def train_config(cfg: DemoConfig, train_dirs: list[str], out: Path) -> TrainConf
         "val.dataset": None,
         "device": "cpu",
         "seed": cfg.seed,
-        "out_dir": str(out / "train"),
+        "out": str(out / "train"),
         "resume": False,
     }
     return load_config(TrainConfig, base, list(cfg.train_overrides) + [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
@@ -183,29 +182,28 @@ def train_model(cfg: DemoConfig, train_dirs: list[str], out: Path) -> Path:
 
 def save_untrained(trained: Path, seed: int, path: Path) -> Path:
     """The exact starting point of training (same architecture, seed and ImageNet backbone), as a checkpoint."""
-    config = read_checkpoint(trained).config
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(config)
-    init_backbone(model)
+    model = untrained_model(read_checkpoint(trained).config, seed)
     save_checkpoint(path, model.eval(), {"source": "untrained", "seed": seed, "note": "the demo's training start"})
     return path
 
 
-def make_map(checkpoint: Path, mapping_bag: str, out: Path, reuse: bool) -> Path:
-    """build-map from the mapping bag with `checkpoint`."""
+def make_map(checkpoint: Path | None, mapping_bag: str, out: Path, reuse: bool) -> Path:
+    """build-map from the mapping bag with `checkpoint` (None: the raw-pixel baseline's map of the same places)."""
     if reuse and (out / "manifest.json").is_file():
         log.info("reusing %s", out)
         return out
-    build_map(BuildMapConfig(input=mapping_bag, image_topic=IMAGE_TOPIC, checkpoint=str(checkpoint), device="cpu",
-                             out=str(out), restart=True))
+    method = {"method": "raw_pixels"} if checkpoint is None else {"checkpoint": str(checkpoint)}
+    build_map(BuildMapConfig(input=mapping_bag, image_topic=IMAGE_TOPIC, device="cpu", out=str(out), restart=True,
+                             **method))
     return out
 
 
-def _replay_cfg(cfg: DemoConfig, query: str, map_dir: Path, checkpoint: Path, mode: str, name: str, out: Path) -> ReplayConfig:
-    return ReplayConfig(bag=query, map=str(map_dir), checkpoint=str(checkpoint), image_topic=IMAGE_TOPIC, mode=mode,
-                        radius_m=cfg.radius_m, recall_ns=list(cfg.recall_ns), device="cpu", name=name,
-                        torch_threads=cfg.threads, out_dir=str(out))
+def _replay_cfg(cfg: DemoConfig, query: str, map_dir: Path, checkpoint: Path | None, mode: str, name: str,
+                out: Path) -> ReplayConfig:
+    method = {"method": "raw_pixels"} if checkpoint is None else {"checkpoint": str(checkpoint)}
+    return ReplayConfig(bag=query, map=str(map_dir), image_topic=IMAGE_TOPIC, mode=mode, radius_m=cfg.radius_m,
+                        recall_ns=list(cfg.recall_ns), device="cpu", name=name, threads=cfg.threads, out=str(out),
+                        **method)
 
 
 def table_rows(reports: dict[str, dict]) -> list[list[str]]:
@@ -214,10 +212,9 @@ def table_rows(reports: dict[str, dict]) -> list[list[str]]:
     for name, report in reports.items():
         m = report["metrics"]
         fix = m["fix"]
-        has_fixes = report["mode"] != "offline" or "localizer" in report
         rows.append([
             name, report["mode"], *[f"{100 * v:.1f}" for v in m["recall"].values()],
-            _pct(fix["precision"]) if has_fixes else "n/a", _pct(fix["availability"]) if has_fixes else "n/a",
+            _pct(fix["precision"]), _pct(fix["availability"]),
             f"{m['latency_ms']['p50']:.1f}", f"{m['latency_ms']['p95']:.1f}",
         ])
     return rows
@@ -235,7 +232,7 @@ def format_table(reports: dict[str, dict], ns: list[int]) -> str:
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     lines.append("latency: node = image published -> candidates received (as deployed); offline = Localizer.localize() "
-                 "only. Raw pixels give no fixes.")
+                 "only. Every method runs the same localizer with the same acceptance settings.")
     return "\n".join(lines)
 
 
@@ -250,7 +247,7 @@ def verdict(reports: dict[str, dict]) -> dict[str, Any]:
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """The whole demo; returns (and writes) the report."""
     cfg.validate()
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("ROS_LOG_DIR", str((out / "ros_logs").resolve()))
     steps = Steps()
@@ -261,15 +258,16 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     map_trained = steps.run("build map (trained)", lambda: make_map(trained, drives["mapping_bag"], out / "maps" / "trained", cfg.reuse))
     map_untrained = steps.run("build map (untrained)",
                               lambda: make_map(untrained, drives["mapping_bag"], out / "maps" / "untrained", False))
+    map_raw = steps.run("build map (raw pixels)",
+                        lambda: make_map(None, drives["mapping_bag"], out / "maps" / "raw_pixels", False))
     query = drives["query_bag"]
     replays = out / "replay"
     reports: dict[str, dict] = {}
     # Offline replays first: after a node-mode replay this process measures slower offline latencies.
     reports["untrained"] = steps.run("replay untrained (offline)", lambda: run_replay(
         _replay_cfg(cfg, query, map_untrained, untrained, "offline", "untrained", replays / "untrained_offline")))
-    raw_cfg = _replay_cfg(cfg, query, map_trained, trained, "offline", "raw pixels", replays / "raw_pixels")
-    reports["raw pixels"] = steps.run("replay raw pixels (offline)",
-                                      lambda: replay_raw_pixels(raw_cfg, PlaceMap.load(map_trained), drives["mapping_bag"]))
+    reports["raw pixels"] = steps.run("replay raw pixels (offline)", lambda: run_replay(
+        _replay_cfg(cfg, query, map_raw, None, "offline", "raw pixels", replays / "raw_pixels")))
     if cfg.check_offline:
         reports["trained (offline)"] = steps.run("replay trained (offline)", lambda: run_replay(
             _replay_cfg(cfg, query, map_trained, trained, "offline", "trained (offline)", replays / "trained_offline")))
@@ -291,7 +289,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "runs": {name: {"metrics": r["metrics"], "report": str(replays / _dir_of(name) / REPORT)} for name, r in reports.items()},
         "node": reports["trained"].get("node", {}),
         "inputs": {**drives, "checkpoint": str(trained), "untrained_checkpoint": str(untrained),
-                   "map": str(map_trained), "untrained_map": str(map_untrained)},
+                   "map": str(map_trained), "untrained_map": str(map_untrained), "raw_pixels_map": str(map_raw)},
         "timings_s": {**steps.seconds, "total": round(time.perf_counter() - t0, 2)},
         "figures": ["recall.png", *[f"replay/trained_node/{f}" for f in reports["trained"].get("figures", [])]],
         "config": to_dict(cfg),
@@ -307,18 +305,15 @@ def _dir_of(name: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `demo` (any DemoConfig field also through --set key=value)."""
-    parser.add_argument("--out-dir", help="output folder (default runs/demo)")
+    add_config_flags(parser, DemoConfig, ("out", "reuse", "seed", "threads"))
     parser.add_argument("--small", action="store_true", help="the test's smaller, faster pipeline")
-    parser.add_argument("--reuse", action="store_true", default=None, help="keep finished steps of an earlier run")
-    parser.add_argument("--seed", type=int, help="town and training seed")
-    add_config_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print the table."""
     preset = {k: json.dumps(v) for k, v in small_preset().items()} if args.small else {}
     args.overrides = [f"{k}={v}" for k, v in preset.items()] + list(args.overrides)
-    cfg = config_from_args(DemoConfig, args, out_dir=args.out_dir, reuse=args.reuse, seed=args.seed)
+    cfg = config_from_args(DemoConfig, args)
     torch.set_num_threads(cfg.threads)
     report = run_demo(cfg)
     print()
@@ -328,5 +323,5 @@ def run(args: argparse.Namespace) -> int:
           f"(margins: {', '.join(f'{k} {100 * m:+.1f} pts' for k, m in v['margins'].items())})")
     if report["offline_equals_node"] is not None:
         print(f"offline replay gives the node's recall: {'yes' if report['offline_equals_node'] else 'NO'}")
-    print(f"total {report['timings_s']['total'] / 60:.1f} min; report {Path(cfg.out_dir) / REPORT}")
+    print(f"total {report['timings_s']['total'] / 60:.1f} min; report {Path(cfg.out) / REPORT}")
     return 0

@@ -16,7 +16,8 @@ Scalar = bool | int | float | str
 
 @dataclass(frozen=True)
 class Spec:
-    """One setting: its name, default, description, inclusive bounds, allowed strings and file section."""
+    """One setting: its name, default, description, inclusive bounds (high None: unbounded), allowed strings and
+    file section."""
 
     name: str
     default: Scalar
@@ -40,7 +41,7 @@ class Spec:
         if self.choices:
             return "one of: " + ", ".join(self.choices)
         if self.low is not None:
-            return f"{self.low}..{self.high}"
+            return f"{self.low}..{'' if self.high is None else self.high}"
         return ""
 
 
@@ -54,8 +55,6 @@ def setting(
     section: str = "",
 ) -> Any:
     """A dataclass field whose metadata declares the setting (use as `name: type = setting(...)`)."""
-    if (low is None) != (high is None):
-        raise ValueError("setting: give both bounds or none")
     return dataclasses.field(
         default=default,
         metadata={"spec": dict(description=description, low=low, high=high, choices=choices, section=section)},

@@ -1,0 +1,3 @@
+"""Images to descriptors: image decoding, preprocessing, precisions, the batched extractor, descriptor methods,
+`describe` and `bench`.
+"""

@@ -3,35 +3,62 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from dsformer_ros.common.atomic import atomic_save, check_output_file
-from dsformer_ros.inference.extractor import DescriptorExtractor
+from dsformer_ros.common.cli import add_config_flags, config_from_args
+from dsformer_ros.common.config import ConfigError
+from dsformer_ros.common.devices import check_device_name
+from dsformer_ros.common.params import check_fields, setting
 from dsformer_ros.inference.precision import PRECISIONS
-from dsformer_ros.model.loading import load_model
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class DescribeConfig:
+    """What to describe, with which model, and where the descriptors go."""
+
+    images: list[str] = field(default_factory=list)
+    checkpoint: str = setting("", "checkpoint file (official state_dict or ours); without one: UNTRAINED, a warning")
+    variant: str = setting("", "model variant when no checkpoint is given (default efficientnet_lite0)")
+    out: str = setting("", "output .npy file, float32 (N, D)")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    batch_size: int = setting(16, "images per forward pass", low=1)
+    precision: str = setting("fp32", "inference precision", choices=PRECISIONS)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad field."""
+        check_fields(self)
+        check_device_name(self.device)
+        if not self.images:
+            raise ConfigError("images: name at least one image file")
+        if not self.out:
+            raise ConfigError("out: the output .npy file is required")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `describe`."""
-    parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--checkpoint", help="checkpoint file (official state_dict or ours); default: untrained variant")
-    parser.add_argument("--variant", default=None, help="model variant when no checkpoint is given")
-    parser.add_argument("--out", required=True, help="output .npy file, float32 (N, D)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
+    add_config_flags(parser, DescribeConfig, ("checkpoint", "variant", "out", "device", "batch_size", "precision"),
+                     positional=("images",))
 
 
 def run(args: argparse.Namespace) -> int:
     """Describe the images and write the .npy atomically."""
-    out = check_output_file(args.out)
-    model = load_model(args.checkpoint, variant=args.variant, device=args.device)
-    extractor = DescriptorExtractor(model, batch_size=args.batch_size, precision=args.precision)
-    descriptors = extractor.describe_paths(args.images, progress=True)
+    from dsformer_ros.inference.extractor import DescriptorExtractor
+    from dsformer_ros.model.loading import load_model
+
+    cfg = config_from_args(DescribeConfig, args)
+    out = check_output_file(cfg.out)
+    if not cfg.checkpoint:
+        log.warning("no checkpoint given: describing with an UNTRAINED %s (ImageNet backbone, random transformer)",
+                    cfg.variant or "efficientnet_lite0")
+    model = load_model(cfg.checkpoint or None, variant=cfg.variant or None, device=cfg.device)
+    extractor = DescriptorExtractor(model, batch_size=cfg.batch_size, precision=cfg.precision)
+    descriptors = extractor.describe_paths(cfg.images, progress=True)
     atomic_save(out, lambda tmp: _write_npy(tmp, descriptors))
     log.info("wrote %d descriptors of dimension %d to %s", len(descriptors), descriptors.shape[1], out)
     return 0

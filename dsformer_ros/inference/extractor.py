@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dsformer_ros.common.config import to_dict
 from dsformer_ros.inference.precision import autocast, check_precision
 from dsformer_ros.inference.preprocess import (
     PreprocessConfig,
@@ -24,7 +25,12 @@ class DescriptorError(ValueError):
 
 
 class DescriptorExtractor:
-    """Wraps a DSFormer for inference: preprocessing, batching by output size, optional autocast/channels_last/compile."""
+    """Wraps a DSFormer for inference: preprocessing, batching by output size, optional autocast/channels_last/compile.
+
+    It is the DSFormer's `DescriptorMethod` (see `methods`): maps record its variant, fingerprint and preprocessing.
+    """
+
+    name = "dsformer"
 
     def __init__(
         self,
@@ -57,6 +63,16 @@ class DescriptorExtractor:
     def fingerprint(self) -> str:
         """SHA-256 identifying the weights (checkpoint file hash) for matching maps to models."""
         return self.model.checkpoint_sha256
+
+    @property
+    def variant(self) -> str:
+        """The model variant."""
+        return self.model.config.variant
+
+    @property
+    def preprocessing(self) -> dict:
+        """The preprocessing config as recorded in a map's manifest."""
+        return to_dict(self.preprocess_config)
 
     @torch.inference_mode()
     def describe_tensor(self, batch: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from dsformer_ros.common.config import ConfigError, from_dict
 from dsformer_ros.common.devices import check_device_name
 from dsformer_ros.common.params import check_fields, setting
 from dsformer_ros.inference.extractor import DescriptorExtractor
+from dsformer_ros.inference.methods import DescriptorMethod
 from dsformer_ros.inference.precision import PRECISIONS
 from dsformer_ros.inference.preprocess import PreprocessConfig
 from dsformer_ros.localization.pose_estimate import Candidates, Decision, TemporalFilter, decide
@@ -38,27 +39,9 @@ ACCEPT = "when a fix is accepted (published on ~/pose)"
 
 
 @dataclass
-class LocalizerConfig:
-    """What the localizer loads and how it accepts fixes; each field is also the node parameter of that name."""
+class AcceptanceConfig:
+    """When a frame's best candidate becomes a fix; each field is also the node parameter of that name."""
 
-    checkpoint: str = setting("", "DSFormer checkpoint file (ours, or an official state_dict).", section=MODEL)
-    map_path: str = setting(
-        "",
-        "Reference map directory built with this very checkpoint (dsformer-vpr build-map); refused at configure "
-        "when its manifest names another model variant, descriptor dimension or checkpoint SHA-256.",
-        section=MODEL,
-    )
-    device: str = setting("auto", "Inference device: auto (CUDA when available), cpu, cuda or cuda:N.", section=MODEL)
-    precision: str = setting(
-        "fp32", "Inference precision (bf16 and fp16 only pay off on a GPU).", choices=PRECISIONS, section=MODEL
-    )
-    warmup_iterations: int = setting(
-        2, "Model runs on a blank image at configure, so the first frame is not slow.", low=0, high=100, section=MODEL
-    )
-    verify_map_checksums: bool = setting(
-        True, "Check the SHA-256 of every map file at configure (slow for very large maps).", section=MODEL
-    )
-    top_k: int = setting(5, "Candidates per frame in ~/candidates.", low=1, high=1000, section="output")
     score_threshold: float = setting(
         0.5, "Least cosine similarity of the best candidate.", low=-1.0, high=1.0, section=ACCEPT
     )
@@ -84,13 +67,41 @@ class LocalizerConfig:
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
         check_fields(self)
-        if not self.checkpoint:
-            raise ConfigError("checkpoint: a checkpoint file is required")
+
+
+@dataclass
+class LocalizerConfig:
+    """What the localizer loads and how it accepts fixes; each setting is also the node parameter of that name."""
+
+    checkpoint: str = setting("", "DSFormer checkpoint file (ours, or an official state_dict).", section=MODEL)
+    map_path: str = setting(
+        "",
+        "Reference map directory built with this very checkpoint (dsformer-vpr build-map); refused at configure "
+        "when its manifest names another model variant, descriptor dimension or checkpoint SHA-256.",
+        section=MODEL,
+    )
+    device: str = setting("auto", "Inference device: auto (CUDA when available), cpu, cuda or cuda:N.", section=MODEL)
+    precision: str = setting(
+        "fp32", "Inference precision (bf16 and fp16 only pay off on a GPU).", choices=PRECISIONS, section=MODEL
+    )
+    warmup_iterations: int = setting(
+        2, "Model runs on a blank image at configure, so the first frame is not slow.", low=0, high=100, section=MODEL
+    )
+    verify_map_checksums: bool = setting(
+        True, "Check the SHA-256 of every map file at configure (slow for very large maps).", section=MODEL
+    )
+    top_k: int = setting(5, "Candidates per frame in ~/candidates.", low=1, high=1000, section="output")
+    acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid field (a checkpoint is checked where it is loaded)."""
+        check_fields(self)
+        self.acceptance.validate()
         if not self.map_path:
             raise ConfigError("map_path: a map directory is required")
         check_device_name(self.device)
-        if self.min_agreeing > self.top_k:
-            raise ConfigError(f"min_agreeing: must lie in 1..top_k={self.top_k}, got {self.min_agreeing}")
+        if self.acceptance.min_agreeing > self.top_k:
+            raise ConfigError(f"min_agreeing: must lie in 1..top_k={self.top_k}, got {self.acceptance.min_agreeing}")
 
 
 @dataclass
@@ -114,14 +125,39 @@ def _preprocess_config(place_map: PlaceMap) -> PreprocessConfig | None:
         raise LocalizerError(f"the map's manifest preprocessing section is not understood: {exc}") from None
 
 
-class Localizer:
-    """A loaded model + map pair that turns one RGB image into ranked places and an optional fix."""
+def _load_map(config: LocalizerConfig, identity: tuple[str, int, str], source: str) -> PlaceMap:
+    """The map at config.map_path, refused unless built by the method of `identity` (variant, dim, fingerprint)."""
+    variant, dim, fingerprint = identity
+    if not Path(config.map_path).is_dir():
+        raise LocalizerError(f"map_path: map {config.map_path} does not exist or is not a directory")
+    try:
+        place_map = PlaceMap.load(
+            config.map_path,
+            expect_variant=variant,
+            expect_checkpoint_sha256=fingerprint,
+            expect_dim=dim,
+            verify_checksums=config.verify_map_checksums,
+        )
+    except MapError as exc:
+        raise LocalizerError(
+            f"map {config.map_path} does not fit {source} ({variant}, dim {dim}, sha256 {fingerprint}): {exc}"
+        ) from None
+    if len(place_map) < 2:
+        raise LocalizerError(f"map {config.map_path} has {len(place_map)} place(s); localization needs at least 2")
+    ids = np.asarray(place_map.metadata.place_id)
+    if ids.min() < 0 or ids.max() > UINT32_MAX:
+        raise LocalizerError(f"map {config.map_path}: place ids must fit in uint32 for PointCloud2 output")
+    return place_map
 
-    def __init__(self, config: LocalizerConfig, extractor: DescriptorExtractor, place_map: PlaceMap) -> None:
+
+class Localizer:
+    """A descriptor method + map pair that turns one RGB image into ranked places and an optional fix."""
+
+    def __init__(self, config: LocalizerConfig, method: DescriptorMethod, place_map: PlaceMap) -> None:
         self.config = config
-        self.extractor = extractor
+        self.method = method
         self.place_map = place_map
-        self.temporal = TemporalFilter(config.temporal_window, config.temporal_radius_m)
+        self.temporal = TemporalFilter(config.acceptance.temporal_window, config.acceptance.temporal_radius_m)
         self.floor_sigma_m = place_map.keyframe_spacing_m() / 2.0
         if not self.floor_sigma_m > 0:
             raise LocalizerError(
@@ -130,44 +166,39 @@ class Localizer:
             )
 
     @classmethod
-    def load(cls, config: LocalizerConfig) -> "Localizer":
-        """Load the checkpoint and the map, check they belong together, and warm the model up."""
+    def load(cls, config: LocalizerConfig, method: DescriptorMethod | None = None) -> "Localizer":
+        """Load the map (and the checkpoint, unless another `method` is given), check they belong together, warm up.
+
+        The map must have been built with the same method: variant, descriptor dimension and fingerprint (the
+        checkpoint's SHA-256 for the DSFormer) in its manifest must match.
+        """
         config.validate()
         started = time.monotonic()
-        try:
-            model = load_model(config.checkpoint, device=config.device)
-        except (CheckpointError, FileNotFoundError) as exc:
-            raise LocalizerError(f"checkpoint: {exc}") from None
-        if not Path(config.map_path).is_dir():
-            raise LocalizerError(f"map_path: map {config.map_path} does not exist or is not a directory")
-        try:
-            place_map = PlaceMap.load(
-                config.map_path,
-                expect_variant=model.config.variant,
-                expect_checkpoint_sha256=model.checkpoint_sha256,
-                expect_dim=model.config.descriptor_dim,
-                verify_checksums=config.verify_map_checksums,
+        model = None
+        if method is None:
+            if not config.checkpoint:
+                raise LocalizerError("checkpoint: a checkpoint file is required")
+            try:
+                model = load_model(config.checkpoint, device=config.device)
+            except (CheckpointError, FileNotFoundError) as exc:
+                raise LocalizerError(f"checkpoint: {exc}") from None
+            identity = (model.config.variant, model.config.descriptor_dim, model.checkpoint_sha256)
+            source = f"checkpoint {config.checkpoint}"
+        else:
+            identity = (method.variant, method.dim, method.fingerprint)
+            source = f"method {method.name}"
+        place_map = _load_map(config, identity, source)
+        if method is None:
+            method = DescriptorExtractor(
+                model, preprocess_config=_preprocess_config(place_map), batch_size=1, precision=config.precision
             )
-        except MapError as exc:
-            raise LocalizerError(
-                f"map {config.map_path} does not fit checkpoint {config.checkpoint} "
-                f"({model.config.variant}, dim {model.config.descriptor_dim}, sha256 {model.checkpoint_sha256}): {exc}"
-            ) from None
-        if len(place_map) < 2:
-            raise LocalizerError(f"map {config.map_path} has {len(place_map)} place(s); localization needs at least 2")
-        ids = np.asarray(place_map.metadata.place_id)
-        if ids.min() < 0 or ids.max() > UINT32_MAX:
-            raise LocalizerError(f"map {config.map_path}: place ids must fit in uint32 for PointCloud2 output")
-        extractor = DescriptorExtractor(
-            model, preprocess_config=_preprocess_config(place_map), batch_size=1, precision=config.precision
-        )
-        localizer = cls(config, extractor, place_map)
+        localizer = cls(config, method, place_map)
         localizer.warmup(config.warmup_iterations)
         log.info(
             "localizer ready in %.1f s: %s on %s, map of %d places (keyframe spacing %.2f m)",
             time.monotonic() - started,
-            model.config.variant,
-            extractor.device,
+            method.variant,
+            method.device,
             len(place_map),
             2 * localizer.floor_sigma_m,
         )
@@ -177,7 +208,7 @@ class Localizer:
         """Run the model and the search a few times so the first real frame is not slow."""
         if iterations <= 0:
             return
-        self.extractor.warmup(iterations)
+        self.method.warmup(iterations)
         probe = np.zeros((1, self.place_map.dim), dtype=np.float32)
         probe[0, 0] = 1.0
         self.place_map.search(probe, min(self.config.top_k, len(self.place_map)))
@@ -185,12 +216,12 @@ class Localizer:
     @property
     def device(self) -> str:
         """The model's device as text."""
-        return str(self.extractor.device)
+        return str(self.method.device)
 
     def localize(self, rgb: np.ndarray) -> LocalizationResult:
         """RGB uint8 (H, W, 3) -> top-k candidates in rank order, the decision, and model/search times."""
         t0 = time.perf_counter()
-        descriptor = self.extractor.describe([rgb])
+        descriptor = self.method.describe([rgb])
         t1 = time.perf_counter()
         k = min(self.config.top_k, len(self.place_map))
         hits = self.place_map.search(descriptor, k)
@@ -206,9 +237,9 @@ class Localizer:
         t2 = time.perf_counter()
         decision = decide(
             candidates,
-            score_threshold=self.config.score_threshold,
-            agreement_radius_m=self.config.agreement_radius_m,
-            min_agreeing=self.config.min_agreeing,
+            score_threshold=self.config.acceptance.score_threshold,
+            agreement_radius_m=self.config.acceptance.agreement_radius_m,
+            min_agreeing=self.config.acceptance.min_agreeing,
             floor_sigma_m=self.floor_sigma_m,
             temporal=self.temporal,
         )

@@ -17,18 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dsformer_ros.common.geometry import heading_to_yaw
+
 # Variance (m^2) reported for z, roll and pitch: VPR says nothing about them.
 UNKNOWN_VARIANCE = 1.0e6
 # Yaw variance (rad^2) when no agreeing candidate has a heading: larger than a uniform angle's (pi^2 / 3).
 UNKNOWN_YAW_VARIANCE = math.pi**2
 # Smallest yaw variance (rad^2): a map heading is never better than a few degrees.
 YAW_VARIANCE_FLOOR = math.radians(5.0) ** 2
-
-
-def heading_to_yaw(heading_deg: np.ndarray | float) -> np.ndarray:
-    """Compass heading (deg clockwise from north) -> ENU yaw (rad counter-clockwise from east) in [-pi, pi]."""
-    yaw = np.pi / 2.0 - np.radians(np.asarray(heading_deg, dtype=np.float64))
-    return np.arctan2(np.sin(yaw), np.cos(yaw))
 
 
 @dataclass

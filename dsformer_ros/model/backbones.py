@@ -5,8 +5,6 @@ hub layout) and `backbone.effnet.*` (efficientnet_pytorch layout, as the Efficie
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -236,8 +234,3 @@ class EfficientNetLite0Features(nn.Module):
             if i == _LITE0_STRIDE16_LAST_BLOCK:
                 x16 = x
         return x16, x
-
-
-def feature_grid(size: int, stride: int) -> int:
-    """Feature-map side length of a conv backbone with `stride` for an input side of `size` pixels."""
-    return math.ceil(size / stride)

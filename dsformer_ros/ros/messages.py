@@ -18,6 +18,7 @@ from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
+from dsformer_ros.common.geometry import yaw_to_quaternion
 from dsformer_ros.localization.pose_estimate import Candidates, Fix
 
 CANDIDATE_DTYPE = np.dtype(
@@ -73,11 +74,6 @@ def read_candidates_cloud(msg: PointCloud2) -> np.ndarray:
     return np.frombuffer(bytes(msg.data), dtype=CANDIDATE_DTYPE, count=msg.width * msg.height)
 
 
-def yaw_quaternion(yaw: float) -> tuple[float, float, float, float]:
-    """(x, y, z, w) of a rotation by `yaw` about z."""
-    return 0.0, 0.0, math.sin(yaw / 2.0), math.cos(yaw / 2.0)
-
-
 def pose_message(header: Header, fix: Fix) -> PoseWithCovarianceStamped:
     """The fix as PoseWithCovarianceStamped: UTM position, yaw, row-major 6x6 covariance (x, y, z, roll, pitch, yaw)."""
     msg = PoseWithCovarianceStamped()
@@ -86,7 +82,7 @@ def pose_message(header: Header, fix: Fix) -> PoseWithCovarianceStamped:
     msg.pose.pose.position.y = fix.northing
     msg.pose.pose.position.z = 0.0
     q = msg.pose.pose.orientation
-    q.x, q.y, q.z, q.w = yaw_quaternion(fix.yaw)
+    q.x, q.y, q.z, q.w = yaw_to_quaternion(fix.yaw)
     msg.pose.covariance = np.asarray(fix.covariance, dtype=np.float64).reshape(36)
     return msg
 

@@ -3,7 +3,6 @@ type, default, description, bounds and choices; declaration, validation and `con
 """
 from __future__ import annotations
 
-import dataclasses
 import textwrap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -13,7 +12,7 @@ import yaml
 from dsformer_ros.common.config import ConfigError, from_dict
 from dsformer_ros.common.params import Spec, check_fields, setting, specs
 from dsformer_ros.inference.image_codec import MAX_PIXELS
-from dsformer_ros.localization.localizer import MODEL, LocalizerConfig
+from dsformer_ros.localization.localizer import ACCEPT, MODEL, AcceptanceConfig, LocalizerConfig
 from dsformer_ros.ros.frame_decoder import DECODERS
 
 if TYPE_CHECKING:
@@ -24,7 +23,7 @@ INPUT = "input"
 OUTPUT = "output"
 DIAGNOSTICS = "diagnostics (/diagnostics)"
 # Sections of the parameter file, in order ("" holds the settings that stand before every section).
-SECTIONS = ("", MODEL, INPUT, OUTPUT, "when a fix is accepted (published on ~/pose)", DIAGNOSTICS)
+SECTIONS = ("", MODEL, INPUT, OUTPUT, ACCEPT, DIAGNOSTICS)
 
 
 @dataclass
@@ -88,7 +87,9 @@ class NodeSettings:
                 raise ConfigError(f"{name}: must not be empty")
 
 
-PARAMETERS: tuple[Spec, ...] = specs(NodeSettings) + specs(LocalizerConfig)
+# The node's settings objects; their declared fields together are the node's parameters (names are unique).
+GROUPS = (NodeSettings, LocalizerConfig, AcceptanceConfig)
+PARAMETERS: tuple[Spec, ...] = tuple(spec for group in GROUPS for spec in specs(group))
 
 
 def parameter_defaults() -> dict[str, Any]:
@@ -100,11 +101,12 @@ def _descriptor(spec: Spec) -> Any:
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
     descriptor = ParameterDescriptor(description=spec.description)
-    if spec.low is not None and isinstance(spec.default, float):
+    bounded = spec.low is not None and spec.high is not None
+    if bounded and isinstance(spec.default, float):
         descriptor.floating_point_range = [
             FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high), step=0.0)
         ]
-    elif spec.low is not None:
+    elif bounded:
         descriptor.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
     if spec.choices:
         descriptor.additional_constraints = spec.range_text()
@@ -120,9 +122,11 @@ def declare_parameters(node: "Node") -> None:
 def read_settings(node: "Node") -> tuple[NodeSettings, LocalizerConfig]:
     """The current parameter values as validated settings; ConfigError names the bad parameter."""
     values = {spec.name: node.get_parameter(spec.name).value for spec in PARAMETERS}
-    node_keys = {f.name for f in dataclasses.fields(NodeSettings)}
-    settings = from_dict(NodeSettings, {k: v for k, v in values.items() if k in node_keys})
-    config = from_dict(LocalizerConfig, {k: v for k, v in values.items() if k not in node_keys})
+    node_settings, localizer, acceptance = (
+        {spec.name: values[spec.name] for spec in specs(group)} for group in GROUPS
+    )
+    settings = from_dict(NodeSettings, node_settings)
+    config = from_dict(LocalizerConfig, {**localizer, "acceptance": acceptance})
     return settings, config
 
 

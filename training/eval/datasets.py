@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 
 from dsformer_ros.common.config import ConfigError
+from dsformer_ros.common.params import setting
 from dsformer_ros.common.utm import zone_letter, zone_number
 from training.eval.recall import positives_within_frames, positives_within_radius
 from training.io.at_names import IMAGE_SUFFIXES, list_images, parse_at_name
@@ -80,9 +81,13 @@ class DatasetConfig:
     (the reference protocol) and 0 for folders (query i matches ref i only).
     """
 
-    format: DatasetFormat = "folders"
-    root: str = ""
-    split: str = "test"
+    format: DatasetFormat = setting(
+        "folders",
+        "at: split/database + split/queries '@' names; msls: train_val/<city>; nordland: frame-named folders; "
+        "folders: ref/ + query/ by index with optional ground_truth.csv (without it query i matches ref i)",
+    )
+    root: str = setting("", "data set folder")
+    split: str = setting("test", "split folder of an 'at' data set")
     cities: tuple[str, ...] = MSLS_VAL_CITIES
     radius_m: float = 25.0
     frame_tolerance: int | None = None

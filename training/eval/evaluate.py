@@ -21,20 +21,17 @@ import torch
 
 from dsformer_ros.common.atomic import atomic_write_text
 from dsformer_ros.common.config import ConfigError, to_dict
+from dsformer_ros.common.devices import check_device_name
+from dsformer_ros.common.params import check_fields, setting
 from dsformer_ros.inference.extractor import DescriptorExtractor
+from dsformer_ros.inference.methods import DescriptorMethod, RawPixels, RawPixelsConfig
 from dsformer_ros.inference.precision import PRECISIONS
 from dsformer_ros.maps.map_index import IndexConfig, apply_search_params, serialized_nbytes
+from dsformer_ros.maps.method_map import build_method_map
 from dsformer_ros.maps.placemap import MapError, PlaceMap, PlaceMetadata
 from dsformer_ros.model.loading import load_model
 from training.eval import plots
-from training.eval.baselines import (
-    BackboneGeM,
-    BackboneGeMConfig,
-    DescriptorMethod,
-    DSFormerMethod,
-    RawPixels,
-    RawPixelsConfig,
-)
+from training.eval.baselines import BackboneGeM, BackboneGeMConfig
 from training.eval.datasets import DatasetConfig, VPRDataset, open_dataset
 from training.eval.recall import first_correct_rank, recall_at_n
 
@@ -61,23 +58,23 @@ class EvalConfig:
     """Configuration of `dsformer-vpr eval`.
 
     method: the main method; baselines: also run raw_pixels and backbone_gem into the same report and plot.
-    cache_dir: where database PlaceMaps are cached (None: `<out_dir>/cache`); use_cache false rebuilds every time.
+    cache_dir: where database PlaceMaps are cached (None: `<out>/cache`); use_cache false rebuilds every time.
     top_k: how many retrieved database indices per query the report keeps.
     """
 
     dataset: DatasetConfig = dataclasses.field(default_factory=DatasetConfig)
-    method: str = "dsformer"
-    baselines: bool = False
-    checkpoint: str | None = None
-    variant: str | None = None
-    device: str = "auto"
-    batch_size: int = 16
-    precision: str = "fp32"
+    method: str = setting("dsformer", "main method", choices=METHODS)
+    baselines: bool = setting(False, "also run raw_pixels and backbone_gem into the same report")
+    checkpoint: str | None = setting(None, "checkpoint file; without one: the UNTRAINED variant, with a warning")
+    variant: str | None = setting(None, "model variant when no checkpoint is given (default efficientnet_lite0)")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    batch_size: int = setting(16, "images per forward pass", low=1)
+    precision: str = setting("fp32", "inference precision", choices=PRECISIONS)
     recall_ns: tuple[int, ...] = (1, 5, 10, 20)
-    top_k: int = 10
-    out_dir: str = ""
-    cache_dir: str | None = None
-    use_cache: bool = True
+    top_k: int = setting(10, "retrieved database indices per query kept in the report", low=1)
+    out: str = setting("", "output folder (report.json, PNG figures, cache/)")
+    cache_dir: str | None = setting(None, "database map cache folder (default OUT/cache)")
+    use_cache: bool = setting(True, "re-use cached database maps (--no-use-cache rebuilds them)")
     figures: bool = True
     index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
     raw_pixels: RawPixelsConfig = dataclasses.field(default_factory=RawPixelsConfig)
@@ -85,18 +82,12 @@ class EvalConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad field."""
-        if self.method not in METHODS:
-            raise ConfigError(f"method: {self.method!r} is not one of {', '.join(METHODS)}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
+        check_fields(self)
+        check_device_name(self.device)
         if not self.recall_ns or min(self.recall_ns) < 1:
             raise ConfigError(f"recall_ns: need positive integers, got {list(self.recall_ns)}")
-        if self.top_k < 1:
-            raise ConfigError(f"top_k: must be >= 1, got {self.top_k}")
-        if not self.out_dir:
-            raise ConfigError("out_dir: an output folder is required")
+        if not self.out:
+            raise ConfigError("out: an output folder is required")
 
     def methods(self) -> list[str]:
         """The methods to run, main method first."""
@@ -110,11 +101,14 @@ def build_methods(cfg: EvalConfig) -> list[DescriptorMethod]:
     names = cfg.methods()
     model = None
     if "dsformer" in names or "backbone_gem" in names:
+        if not cfg.checkpoint:
+            log.warning("no checkpoint given: evaluating an UNTRAINED %s (ImageNet backbone, random transformer); "
+                        "pass --checkpoint to evaluate a trained model", cfg.variant or "efficientnet_lite0")
         model = load_model(cfg.checkpoint, variant=cfg.variant, device=cfg.device)
     methods: list[DescriptorMethod] = []
     for name in names:
         if name == "dsformer":
-            methods.append(DSFormerMethod(DescriptorExtractor(model, batch_size=cfg.batch_size, precision=cfg.precision)))
+            methods.append(DescriptorExtractor(model, batch_size=cfg.batch_size, precision=cfg.precision))
         elif name == "raw_pixels":
             methods.append(RawPixels(cfg.raw_pixels))
         else:
@@ -183,13 +177,11 @@ def database_map(
     start = time.perf_counter()
     descriptors = method.describe_paths(dataset.database_paths, progress=True)
     ms_per_image = 1000.0 * (time.perf_counter() - start) / len(dataset.database_paths)
-    place_map = PlaceMap.build(
+    place_map = build_method_map(
+        method,
         descriptors,
         dataset_metadata(dataset),
-        model_variant=method.variant,
-        checkpoint_sha256=method.fingerprint,
-        preprocessing=method.preprocessing,
-        build_info={"tool": "dsformer-vpr eval", "dataset": dataset.name, "method": method.name, "cache_key": key},
+        {"tool": "dsformer-vpr eval", "dataset": dataset.name, "cache_key": key},
         index=cfg.index,
     )
     if path is None:
@@ -265,10 +257,10 @@ def evaluate_method(method: DescriptorMethod, dataset: VPRDataset, cfg: EvalConf
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    """Run every configured method on the data set; write report.json and figures into `cfg.out_dir`; return the report."""
+    """Run every configured method on the data set; write report.json and figures into `cfg.out`; return the report."""
     cfg.validate()
     dataset = open_dataset(cfg.dataset)
-    out_dir = Path(cfg.out_dir)
+    out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = None
     if cfg.use_cache:

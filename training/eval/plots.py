@@ -4,20 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from dsformer_ros.common.atomic import atomic_path  # noqa: E402
-
-
-def _save(fig: plt.Figure, path: str | Path) -> None:
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+from training.figures import save_figure
 
 
 def plot_recall_curves(path: str | Path, curves: Mapping[str, Mapping[int, float]], title: str = "") -> None:
@@ -39,7 +29,7 @@ def plot_recall_curves(path: str | Path, curves: Mapping[str, Mapping[int, float
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title(title or "Recall@N")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_query_map(
@@ -74,7 +64,7 @@ def plot_query_map(
         ax.grid(True, alpha=0.3)
     if title:
         fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_sequence_correctness(path: str | Path, correct: Mapping[str, np.ndarray], title: str = "") -> None:
@@ -90,4 +80,4 @@ def plot_sequence_correctness(path: str | Path, correct: Mapping[str, np.ndarray
     ax.invert_yaxis()
     ax.set_xlabel("query index")
     ax.set_title(title or "per-query result at N=1")
-    _save(fig, path)
+    save_figure(fig, path)

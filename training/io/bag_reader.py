@@ -16,6 +16,7 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
+from dsformer_ros.common.geometry import quaternion_to_yaw, stamp_to_ns
 from dsformer_ros.inference.image_codec import ImageDecodeError, decode_image_msg
 
 log = logging.getLogger(__name__)
@@ -99,18 +100,6 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}" if str(exc).strip() else type(exc).__name__
 
 
-def _stamp_ns(header: Any) -> int:
-    stamp = header.stamp
-    return int(stamp.sec) * 1_000_000_000 + int(getattr(stamp, "nanosec", getattr(stamp, "nsec", 0)))
-
-
-def _yaw(q: Any) -> float:
-    norm = q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w
-    if not norm > 0:
-        return math.nan
-    return math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
-
-
 class DriveLogReader:
     """An open drive log (context manager): topic listing, image frames and GPS/odometry records, all streamed."""
 
@@ -185,7 +174,7 @@ class DriveLogReader:
         for conn, bag_time, raw in self._messages(conns, topic, start=start_ns, stop=stop_ns):
             try:
                 msg = self._reader.deserialize(raw, conn.msgtype)
-                frame = ImageFrame(index, _stamp_ns(msg.header), int(bag_time), msg)
+                frame = ImageFrame(index, stamp_to_ns(msg.header.stamp), int(bag_time), msg)
             except Exception as exc:  # rosbags raises assorted errors on damaged CDR
                 frame = ImageFrame(index, int(bag_time), int(bag_time), None, f"cannot deserialize {conn.msgtype}: {exc}")
             index += 1
@@ -206,7 +195,7 @@ class DriveLogReader:
             std = math.nan
             if int(msg.position_covariance_type) != COVARIANCE_TYPE_UNKNOWN and cov.size == 9:
                 std = math.sqrt(max(cov[0], cov[4], 0.0))
-            yield GpsFix(_stamp_ns(msg.header), int(msg.status.status), float(msg.latitude), float(msg.longitude),
+            yield GpsFix(stamp_to_ns(msg.header.stamp), int(msg.status.status), float(msg.latitude), float(msg.longitude),
                          float(msg.altitude), std)
 
     def odometry(self, topic: str) -> Iterator[OdomPose]:
@@ -215,5 +204,5 @@ class DriveLogReader:
             pose = msg.pose.pose
             cov = np.asarray(msg.pose.covariance, dtype=np.float64)
             std = math.sqrt(max(cov[0], cov[7], 0.0)) if cov.size == 36 and cov[[0, 7]].any() else math.nan
-            yield OdomPose(_stamp_ns(msg.header), str(msg.header.frame_id), float(pose.position.x),
-                           float(pose.position.y), _yaw(pose.orientation), std)
+            yield OdomPose(stamp_to_ns(msg.header.stamp), str(msg.header.frame_id), float(pose.position.x),
+                           float(pose.position.y), quaternion_to_yaw(pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w), std)

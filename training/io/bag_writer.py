@@ -6,7 +6,6 @@ The bag is written beside `path` and renamed into place on close, so a failed ru
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from dsformer_ros.common.atomic import OutputPathError
+from dsformer_ros.common.geometry import ns_to_stamp, yaw_to_quaternion
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ class DriveLogWriter:
         stamp_ns = int(stamp_ns)
         if stamp_ns < 0:
             raise ValueError(f"stamp_ns must be >= 0, got {stamp_ns}")
-        time = self._types["builtin_interfaces/msg/Time"](sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+        sec, nanosec = ns_to_stamp(stamp_ns)
+        time = self._types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
         return self._types["std_msgs/msg/Header"](stamp=time, frame_id=frame_id)
 
     def write_raw(self, topic: str, msgtype: str, stamp_ns: int, msg: Any) -> None:
@@ -195,7 +196,7 @@ class DriveLogWriter:
             cov[[0, 7, 14, 21, 28, 35]] = [float(c) for c in cov_diag]
         pose = t["geometry_msgs/msg/Pose"](
             position=t["geometry_msgs/msg/Point"](x=float(x), y=float(y), z=float(z)),
-            orientation=t["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=math.sin(yaw / 2.0), w=math.cos(yaw / 2.0)),
+            orientation=t["geometry_msgs/msg/Quaternion"](**dict(zip("xyzw", yaw_to_quaternion(yaw)))),
         )
         vec = t["geometry_msgs/msg/Vector3"]
         twist = t["geometry_msgs/msg/Twist"](linear=vec(x=0.0, y=0.0, z=0.0), angular=vec(x=0.0, y=0.0, z=0.0))

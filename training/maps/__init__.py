@@ -1,0 +1,1 @@
+"""Maps from drives: GPS/odometry tracks and keyframes, `build-map` (resumable, sharded), `merge-maps`, `bench-map`."""

@@ -23,8 +23,9 @@ import numpy as np
 from tqdm import tqdm
 
 from dsformer_ros.common.atomic import atomic_write_text
-from dsformer_ros.common.cli import add_config_arguments, config_from_args
+from dsformer_ros.common.cli import add_config_flags, config_from_args
 from dsformer_ros.common.config import ConfigError, from_dict, to_dict
+from dsformer_ros.common.params import setting
 from dsformer_ros.maps.map_index import IndexConfig, apply_search_params, build_index
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 class BenchMapConfig:
     """What to benchmark: map sizes, data shape, indexes ("kind/storage" with IndexConfig defaults) and timing."""
 
-    sizes: list[int] = dataclasses.field(default_factory=lambda: [10_000, 100_000, 1_000_000])
+    sizes: list[int] = dataclasses.field(default_factory=lambda: [10_000, 100_000, 1_000_000])  # map sizes
     dim: int = 512
     points_per_cluster: int = 250
     noise: float = 1.0
@@ -45,9 +46,9 @@ class BenchMapConfig:
     indexes: list[str] = dataclasses.field(default_factory=lambda: ["flat/fp32", "flat/fp16", "hnsw/fp16", "ivf/fp16"])
     hnsw_max_places: int = 200_000
     index_params: dict = dataclasses.field(default_factory=dict)
-    threads: int = 2
+    threads: int = setting(2, "faiss/torch CPU threads", low=1)
     seed: int = 0
-    output: str = "bench_map.json"
+    out: str = setting("bench_map.json", "JSON file for the results")
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad field."""
@@ -214,22 +215,17 @@ def format_table(rows: list[dict], k: int) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `bench-map` (everything else via --config / --set)."""
-    add_config_arguments(parser)
-    parser.add_argument("--sizes", help="comma-separated map sizes, e.g. 10000,100000,1000000")
-    parser.add_argument("--indexes", help="comma-separated kind/storage list, e.g. flat/fp32,ivf/fp16")
-    parser.add_argument("--output", help="JSON file for the results")
+    add_config_flags(parser, BenchMapConfig, ("sizes", "indexes", "threads", "out"))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table, write the JSON (config, machine threads, rows)."""
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
-    indexes = args.indexes.split(",") if args.indexes else None
-    cfg = config_from_args(BenchMapConfig, args, sizes=sizes, indexes=indexes, output=args.output)
+    cfg = config_from_args(BenchMapConfig, args)
     rows = run_benchmark(cfg)
     load = os.getloadavg()
     print(format_table(rows, cfg.k))
     print(f"load average at the end (1/5/15 min): {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores")
     result = {"config": to_dict(cfg), "load_average": list(load), "cpu_count": os.cpu_count(), "results": rows}
-    atomic_write_text(Path(cfg.output), json.dumps(result, indent=2) + "\n")
-    log.info("wrote %s", cfg.output)
+    atomic_write_text(Path(cfg.out), json.dumps(result, indent=2) + "\n")
+    log.info("wrote %s", cfg.out)
     return 0

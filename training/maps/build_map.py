@@ -9,6 +9,7 @@ The map appears at `out` only when complete. `shard: i/n` builds the i-th of n c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -23,14 +24,19 @@ import torch
 from tqdm import tqdm
 
 from dsformer_ros.common.atomic import atomic_save, atomic_write_text
-from dsformer_ros.common.cli import add_config_arguments, config_from_args
+from dsformer_ros.common.cli import add_config_flags, config_from_args
 from dsformer_ros.common.config import ConfigError, to_dict
+from dsformer_ros.common.devices import check_device_name
+from dsformer_ros.common.params import check_fields, setting
 from dsformer_ros.common.utm import latlon_to_utm
-from dsformer_ros.inference.extractor import PRECISIONS, DescriptorExtractor
+from dsformer_ros.inference.extractor import DescriptorExtractor
 from dsformer_ros.inference.image_codec import ImageDecodeError
+from dsformer_ros.inference.methods import DescriptorMethod, RawPixels, RawPixelsConfig
+from dsformer_ros.inference.precision import PRECISIONS
 from dsformer_ros.inference.preprocess import ImageError, read_image
 from dsformer_ros.maps.map_index import IndexConfig
-from dsformer_ros.maps.placemap import PlaceMap, PlaceMetadata
+from dsformer_ros.maps.method_map import build_method_map
+from dsformer_ros.maps.placemap import PlaceMetadata
 from dsformer_ros.model.loading import load_model
 from training.io.at_names import AtNameError, list_images, read_at_folder
 from training.io.bag_reader import DriveLogReader, resolve_bag_path
@@ -52,6 +58,7 @@ UNREADABLE = "unreadable_message"
 DECODE_ERROR = "image_decode_error"
 BETWEEN_KEYFRAMES = "between_keyframes"
 _MAX_LOGGED_ERRORS = 10
+METHODS = ("dsformer", "raw_pixels")
 
 
 class BuildError(ValueError):
@@ -60,46 +67,39 @@ class BuildError(ValueError):
 
 @dataclasses.dataclass
 class BuildMapConfig:
-    """Configuration of `build-map` (input, topics, model, keyframing, position filters, chunking, shard, output)."""
+    """Configuration of `build-map` (input, topics, method, keyframing, position filters, chunking, shard, output)."""
 
-    input: str = ""
-    kind: str = "auto"
-    image_topic: str = "/camera/image_raw"
-    gps_topic: str = "/gps/fix"
-    odom_topic: str = ""
-    odom_utm_zone: str = ""
-    checkpoint: str = ""
-    variant: str = "efficientnet_lite0"
-    device: str = "auto"
-    batch_size: int = 16
-    precision: str = "fp32"
-    spacing_m: float = 2.0
-    heading_change_deg: float = 30.0
-    heading_baseline_m: float = 2.0
-    max_fix_gap_s: float = 1.5
-    max_horizontal_std_m: float = 5.0
-    chunk_size: int = 256
-    shard: str = "0/1"
+    input: str = setting("", "rosbag2 directory (sqlite3/MCAP), ROS 1 .bag, or '@' image folder")
+    kind: str = setting("auto", "input kind (auto: from the path)", choices=("auto", "bag", "at_folder"))
+    image_topic: str = setting("/camera/image_raw", "image topic (sensor_msgs/Image or CompressedImage)")
+    gps_topic: str = setting("/gps/fix", "sensor_msgs/NavSatFix topic")
+    odom_topic: str = setting("", "nav_msgs/Odometry topic in a UTM frame (instead of GPS)")
+    odom_utm_zone: str = setting("", "UTM zone of the odometry frame, e.g. 32U")
+    method: str = setting("dsformer", "descriptor method of the map", choices=METHODS)
+    checkpoint: str = setting("", "model checkpoint (method dsformer); without one: the UNTRAINED variant, a warning")
+    variant: str = setting("efficientnet_lite0", "model variant when no checkpoint is given")
+    raw_pixels: RawPixelsConfig = dataclasses.field(default_factory=RawPixelsConfig)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    batch_size: int = setting(16, "images per forward pass", low=1)
+    precision: str = setting("fp32", "inference precision", choices=PRECISIONS)
+    spacing_m: float = setting(2.0, "metres between keyframes", low=0.001)
+    heading_change_deg: float = setting(30.0, "a keyframe on heading changes of this many degrees (0: off)",
+                                        low=0.0, high=180.0)
+    heading_baseline_m: float = setting(2.0, "track length over which headings are measured", low=0.001)
+    max_fix_gap_s: float = setting(1.5, "a frame needs a position this close in time on each side", low=0.001)
+    max_horizontal_std_m: float = setting(5.0, "positions with a larger horizontal std are dropped", low=0.001)
+    chunk_size: int = setting(256, "keyframes per resumable chunk", low=1)
+    shard: str = setting("0/1", "'i/n': build the i-th of n slices; 'auto': RANK/WORLD_SIZE (torchrun)")
     index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
-    dtype: str = "float32"
-    out: str = ""
-    work_dir: str = ""
-    restart: bool = False
+    dtype: str = setting("float32", "descriptor storage", choices=("float32", "float16"))
+    out: str = setting("", "output map directory")
+    work_dir: str = setting("", "where finished chunks are kept (default <out>.partial)")
+    restart: bool = setting(False, "discard a partial build and start over")
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad field."""
-        if self.kind not in ("auto", "bag", "at_folder"):
-            raise ConfigError(f"kind: {self.kind!r} is not one of 'auto', 'bag', 'at_folder'")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        for name in ("batch_size", "chunk_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("spacing_m", "heading_baseline_m", "max_fix_gap_s", "max_horizontal_std_m"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
-        if not 0 <= self.heading_change_deg <= 180:
-            raise ConfigError(f"heading_change_deg: must be in [0, 180] (0 disables), got {self.heading_change_deg}")
+        check_fields(self)
+        check_device_name(self.device)
         if self.odom_topic and not self.odom_utm_zone:
             raise ConfigError("odom_utm_zone: required with odom_topic (the UTM zone of the odometry frame, e.g. 32U)")
         if self.odom_utm_zone:
@@ -107,11 +107,20 @@ class BuildMapConfig:
                 parse_utm_zone(self.odom_utm_zone)
             except TrackError as exc:
                 raise ConfigError(f"odom_utm_zone: {exc}") from None
-        if self.dtype not in ("float32", "float16"):
-            raise ConfigError(f"dtype: {self.dtype!r} is not 'float32' or 'float16'")
         if self.shard != "auto":
             parse_shard(self.shard)
         self.index.validate()
+
+
+def make_method(cfg: BuildMapConfig, device: str) -> DescriptorMethod:
+    """The map's descriptor method; building with an untrained model is allowed but said loudly."""
+    if cfg.method == "raw_pixels":
+        return RawPixels(cfg.raw_pixels)
+    if not cfg.checkpoint:
+        log.warning("no checkpoint given: describing with an UNTRAINED %s (ImageNet backbone, random transformer); "
+                    "the map is valid but only a baseline. Pass --checkpoint for a real map.", cfg.variant)
+    model = load_model(cfg.checkpoint or None, variant=cfg.variant, device=device)
+    return DescriptorExtractor(model, batch_size=cfg.batch_size, precision=cfg.precision)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -203,29 +212,25 @@ def _load_track(reader: DriveLogReader, cfg: BuildMapConfig) -> Track:
     return track_from_fixes(reader.gps_fixes(cfg.gps_topic), cfg.max_horizontal_std_m, cfg.heading_baseline_m)
 
 
-def check_topics(cfg: BuildMapConfig) -> None:
+def check_topics(cfg: BuildMapConfig, reader: DriveLogReader) -> None:
     """Fail early (before loading a model) when the image or position topic is missing or of the wrong type."""
-    with DriveLogReader(cfg.input) as reader:
-        reader.require_topic(cfg.image_topic, "image")
-        if cfg.odom_topic:
-            reader.require_topic(cfg.odom_topic, "odometry")
-        else:
-            reader.require_topic(cfg.gps_topic, "GPS")
+    reader.require_topic(cfg.image_topic, "image")
+    if cfg.odom_topic:
+        reader.require_topic(cfg.odom_topic, "odometry")
+    else:
+        reader.require_topic(cfg.gps_topic, "GPS")
 
 
-def plan_bag(cfg: BuildMapConfig) -> Plan:
+def plan_bag(cfg: BuildMapConfig, reader: DriveLogReader) -> Plan:
     """Pass 1 over a bag: the position track and the image headers -> positioned frames -> keyframes."""
-    path = resolve_bag_path(cfg.input)
-    with DriveLogReader(path) as reader:
-        reader.require_topic(cfg.image_topic, "image")
-        track = _load_track(reader, cfg)
-        total = reader.message_count(cfg.image_topic)
-        stamps, bag_times, unreadable = [], [], []
-        for frame in tqdm(reader.image_frames(cfg.image_topic), total=total, desc="pass 1: image headers",
-                          unit="frame"):
-            stamps.append(frame.stamp_ns)
-            bag_times.append(frame.bag_time_ns)
-            unreadable.append(frame.msg is None)
+    path = reader.path
+    track = _load_track(reader, cfg)
+    total = reader.message_count(cfg.image_topic)
+    stamps, bag_times, unreadable = [], [], []
+    for frame in tqdm(reader.image_frames(cfg.image_topic), total=total, desc="pass 1: image headers", unit="frame"):
+        stamps.append(frame.stamp_ns)
+        bag_times.append(frame.bag_time_ns)
+        unreadable.append(frame.msg is None)
     stamps_a = np.asarray(stamps, dtype=np.int64)
     bag_a = np.asarray(bag_times, dtype=np.int64)
     bad = np.asarray(unreadable, dtype=bool)
@@ -268,7 +273,11 @@ def plan_at_folder(cfg: BuildMapConfig) -> Plan:
         paths, names = read_at_folder(folder)
     except (FileNotFoundError, AtNameError) as exc:
         raise BuildError(str(exc)) from None
-    stamps = np.array([int(a.timestamp) if a.timestamp.isdigit() else 0 for a in names], dtype=np.int64)
+    bad = [p.name for p, a in zip(paths, names) if a.timestamp and not a.timestamp.isdigit()]
+    if bad:
+        raise BuildError(f"{len(bad)} '@' name(s) carry a timestamp that is not an integer (nanoseconds), "
+                         f"e.g. {bad[0]}")
+    stamps = np.array([int(a.timestamp) if a.timestamp else 0 for a in names], dtype=np.int64)
     zone, letter = names[0].zone_number, names[0].zone_letter
     easting = np.array([a.easting for a in names])
     northing = np.array([a.northing for a in names])
@@ -336,9 +345,11 @@ def _prepare_work_dir(work: Path, digest: str, restart: bool) -> bool:
     return False
 
 
-def _frames(cfg: BuildMapConfig, kind: str, plan: Plan, rows: np.ndarray):
-    """(plan row, RGB image or error text) for `rows` (ascending stream order), streaming the input once."""
-    if kind == "at_folder":
+def _frames(cfg: BuildMapConfig, reader: DriveLogReader | None, plan: Plan, rows: np.ndarray):
+    """(plan row, RGB image or error text) for `rows` (ascending stream order), streaming the input once.
+
+    `reader` is the open drive log (None for an '@' folder)."""
+    if reader is None:
         paths = list_images(cfg.input)
         for r in rows:
             try:
@@ -353,22 +364,21 @@ def _frames(cfg: BuildMapConfig, kind: str, plan: Plan, rows: np.ndarray):
         stop = int(plan.bag_time_ns[rows].max()) + 1
         first_index = int(np.searchsorted(plan.frame_bag_times, start, side="left"))
     last = int(plan.stream_index[rows].max())
-    with DriveLogReader(cfg.input) as reader:
-        for frame in reader.image_frames(cfg.image_topic, start, stop, first_index):
-            row = wanted.pop(frame.index, None)
-            if row is not None:
-                try:
-                    yield row, frame.decode()
-                except ImageDecodeError as exc:
-                    yield row, f"{DECODE_ERROR}: {exc}"
-            if frame.index >= last:
-                break
+    for frame in reader.image_frames(cfg.image_topic, start, stop, first_index):
+        row = wanted.pop(frame.index, None)
+        if row is not None:
+            try:
+                yield row, frame.decode()
+            except ImageDecodeError as exc:
+                yield row, f"{DECODE_ERROR}: {exc}"
+        if frame.index >= last:
+            break
     for index, row in sorted(wanted.items()):
         yield row, f"{UNREADABLE}: frame {index} not found in the second pass (the bag changed?)"
 
 
-def _describe_chunks(cfg: BuildMapConfig, kind: str, plan: Plan, chunks: list[np.ndarray], todo: list[int],
-                     extractor: DescriptorExtractor, work: Path) -> tuple[int, float]:
+def _describe_chunks(cfg: BuildMapConfig, reader: DriveLogReader | None, plan: Plan, chunks: list[np.ndarray],
+                     todo: list[int], method: DescriptorMethod, work: Path) -> tuple[int, float]:
     """Pass 2: describe the rows of the unfinished chunks and save each chunk atomically; (images, seconds)."""
     if not todo:
         return 0, 0.0
@@ -384,7 +394,7 @@ def _describe_chunks(cfg: BuildMapConfig, kind: str, plan: Plan, chunks: list[np
         nonlocal described
         if not batch:
             return
-        desc = extractor.describe([img for _, img in batch])
+        desc = method.describe([img for _, img in batch])
         for (r, _), d in zip(batch, desc):
             st = state[chunk_of[r]]
             st["rows"].append(r)
@@ -392,7 +402,7 @@ def _describe_chunks(cfg: BuildMapConfig, kind: str, plan: Plan, chunks: list[np
         described += len(batch)
         batch.clear()
 
-    for row, image in _frames(cfg, kind, plan, rows):
+    for row, image in _frames(cfg, reader, plan, rows):
         c = chunk_of[row]
         if isinstance(image, str):
             state[c]["failed"].append(row)
@@ -408,11 +418,11 @@ def _describe_chunks(cfg: BuildMapConfig, kind: str, plan: Plan, chunks: list[np
         bar.update(1)
         if state[c]["seen"] == chunks[c].size:
             flush()
-            _save_chunk(work, c, state.pop(c), extractor.dim)
+            _save_chunk(work, c, state.pop(c), method.dim)
     bar.close()
     flush()
     for c in list(state):
-        _save_chunk(work, c, state.pop(c), extractor.dim)
+        _save_chunk(work, c, state.pop(c), method.dim)
     return described, time.perf_counter() - start
 
 
@@ -432,24 +442,31 @@ def build_map(cfg: BuildMapConfig) -> dict:
     if not cfg.out:
         raise ConfigError("out: required (the map directory to write)")
     kind = input_kind(cfg)
+    with contextlib.ExitStack() as stack:
+        reader = stack.enter_context(DriveLogReader(resolve_bag_path(cfg.input))) if kind == "bag" else None
+        return _build(cfg, reader)
+
+
+def _build(cfg: BuildMapConfig, reader: DriveLogReader | None) -> dict:
+    """build_map with the drive log opened once (`reader`; None for an '@' folder)."""
     shard, shards = parse_shard(cfg.shard)
     out = shard_output_path(cfg.out, shard, shards)
     device = cfg.device
     if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    if kind == "bag":
-        check_topics(cfg)
+    kind = "at_folder" if reader is None else "bag"
+    if reader is not None:
+        check_topics(cfg, reader)
     t0 = time.perf_counter()
-    model = load_model(cfg.checkpoint or None, variant=cfg.variant, device=device)
-    extractor = DescriptorExtractor(model, batch_size=cfg.batch_size, precision=cfg.precision)
-    digest = config_hash(cfg, kind, extractor.fingerprint)
+    method = make_method(cfg, device)
+    digest = config_hash(cfg, kind, method.fingerprint)
     work = Path(cfg.work_dir) if cfg.work_dir else out.with_name(out.name + ".partial")
     resumed = _prepare_work_dir(work, digest, cfg.restart)
     if resumed and (work / PLAN_FILE).is_file():
         plan = Plan.load(work / PLAN_FILE)
         log.info("resuming the build in %s (%d keyframes planned)", work, plan.place_id.size)
     else:
-        plan = plan_bag(cfg) if kind == "bag" else plan_at_folder(cfg)
+        plan = plan_at_folder(cfg) if reader is None else plan_bag(cfg, reader)
         plan.save(work / PLAN_FILE)
     t_plan = time.perf_counter() - t0
     if plan.place_id.size == 0:
@@ -459,14 +476,14 @@ def build_map(cfg: BuildMapConfig) -> dict:
     todo = [c for c in range(len(chunks)) if not _chunk_path(work, c).is_file()]
     if len(todo) < len(chunks):
         log.info("%d of %d chunks already finished; skipping them", len(chunks) - len(todo), len(chunks))
-    described, seconds = _describe_chunks(cfg, kind, plan, chunks, todo, extractor, work)
-    summary = _assemble(cfg, plan, chunks, work, out, extractor, digest, (shard, shards))
+    described, seconds = _describe_chunks(cfg, reader, plan, chunks, todo, method, work)
+    summary = _assemble(cfg, plan, chunks, work, out, method, digest, (shard, shards))
     summary.update({
         "shard": f"{shard}/{shards}", "chunks": len(chunks), "chunks_resumed": len(chunks) - len(todo),
         "images_described_this_run": described, "describe_seconds": round(seconds, 3),
         "images_per_s": round(described / seconds, 2) if seconds > 0 else None,
         "plan_seconds": round(t_plan, 3), "total_seconds": round(time.perf_counter() - t0, 3),
-        "device": str(extractor.device), "out": str(out),
+        "method": method.name, "device": str(method.device), "out": str(out),
     })
     shutil.rmtree(work)
     log.info("built %s: %d places from %d frames (%s images/s)", out, summary["places"], summary["frames_read"],
@@ -475,7 +492,7 @@ def build_map(cfg: BuildMapConfig) -> dict:
 
 
 def _assemble(cfg: BuildMapConfig, plan: Plan, chunks: list[np.ndarray], work: Path, out: Path,
-              extractor: DescriptorExtractor, digest: str, shard: tuple[int, int]) -> dict:
+              method: DescriptorMethod, digest: str, shard: tuple[int, int]) -> dict:
     """Collect the chunks, order rows by place id, build and save the map atomically; the summary so far."""
     rows, descs, failed = [], [], []
     for c in range(len(chunks)):
@@ -499,10 +516,7 @@ def _assemble(cfg: BuildMapConfig, plan: Plan, chunks: list[np.ndarray], work: P
         "keyframes_total": int(plan.place_id.size), "config_hash": digest,
         "zone": f"{plan.zone_number}{plan.zone_letter}",
     }
-    place_map = PlaceMap.build(descriptors, metadata, model_variant=extractor.model.config.variant,
-                               checkpoint_sha256=extractor.fingerprint,
-                               preprocessing=to_dict(extractor.preprocess_config), build_info=build_info,
-                               index=cfg.index, dtype=cfg.dtype)
+    place_map = build_method_map(method, descriptors, metadata, build_info, index=cfg.index, dtype=cfg.dtype)
     place_map.save(out)
     return {
         "input": str(cfg.input), "frames_read": plan.info["frames_read"],
@@ -525,40 +539,19 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+FLAGS = ("out", "kind", "image_topic", "gps_topic", "odom_topic", "odom_utm_zone", "method", "checkpoint", "variant",
+         "device", "batch_size", "precision", "spacing_m", "chunk_size", "shard", "index.kind", "work_dir", "restart")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `build-map` (any config field also through --set key=value)."""
-    parser.add_argument("input", nargs="?", help="rosbag2 directory (sqlite3/MCAP), ROS 1 .bag, or '@' image folder")
-    parser.add_argument("--out", help="output map directory")
-    parser.add_argument("--kind", choices=("auto", "bag", "at_folder"))
-    parser.add_argument("--image-topic")
-    parser.add_argument("--gps-topic", help="sensor_msgs/NavSatFix topic")
-    parser.add_argument("--odom-topic", help="nav_msgs/Odometry topic in a UTM frame (instead of GPS)")
-    parser.add_argument("--odom-utm-zone", help="UTM zone of the odometry frame, e.g. 32U")
-    parser.add_argument("--checkpoint", help="model checkpoint; default: the untrained variant")
-    parser.add_argument("--variant")
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--precision", choices=sorted(PRECISIONS))
-    parser.add_argument("--spacing", type=float, help="metres between keyframes (default 2)")
-    parser.add_argument("--chunk-size", type=int, help="keyframes per resumable chunk")
-    parser.add_argument("--shard", help="'i/n': build the i-th of n slices; 'auto': RANK/WORLD_SIZE (torchrun)")
-    parser.add_argument("--index", choices=("flat", "hnsw", "ivf"), help="FAISS index kind")
-    parser.add_argument("--work-dir", help="where finished chunks are kept (default <out>.partial)")
-    parser.add_argument("--restart", action="store_true", default=None, help="discard a partial build and start over")
+    add_config_flags(parser, BuildMapConfig, FLAGS, positional=("input",))
     parser.add_argument("--summary-json", type=Path, help="also write the summary as JSON here")
-    add_config_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the map and print the summary table."""
-    direct = {"input": args.input, "out": args.out, "kind": args.kind, "image_topic": args.image_topic,
-              "gps_topic": args.gps_topic, "odom_topic": args.odom_topic, "odom_utm_zone": args.odom_utm_zone,
-              "checkpoint": args.checkpoint, "variant": args.variant, "device": args.device,
-              "batch_size": args.batch_size, "precision": args.precision, "spacing_m": args.spacing,
-              "chunk_size": args.chunk_size, "shard": args.shard, "index.kind": args.index,
-              "work_dir": args.work_dir, "restart": args.restart}
-    cfg = config_from_args(BuildMapConfig, args, **direct)
-    summary = build_map(cfg)
+    summary = build_map(config_from_args(BuildMapConfig, args))
     print(format_summary(summary))
     if args.summary_json is not None:
         atomic_write_text(args.summary_json, json.dumps(summary, indent=2) + "\n")

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dsformer_ros.common.cli import add_config_arguments, config_from_args
+from dsformer_ros.common.cli import add_config_flags, config_from_args
 from dsformer_ros.common.config import ConfigError
+from dsformer_ros.common.params import check_fields, setting
 from dsformer_ros.maps.map_index import IndexConfig
 from dsformer_ros.maps.placemap import PlaceMap, PlaceMetadata
 
@@ -30,16 +31,15 @@ class MergeMapsConfig:
     """Configuration of `merge-maps`: input maps, output, id policy and the index of the merged map."""
 
     inputs: list[str] = dataclasses.field(default_factory=list)
-    out: str = ""
-    renumber: str = "if_needed"
-    allow_partial: bool = False
+    out: str = setting("", "merged map directory")
+    renumber: str = setting("if_needed", "place ids: renumber in stamp order", choices=("if_needed", "always", "never"))
+    allow_partial: bool = setting(False, "merge even if shards are missing")
     index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
     dtype: str = ""
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad field."""
-        if self.renumber not in ("if_needed", "always", "never"):
-            raise ConfigError(f"renumber: {self.renumber!r} is not one of 'if_needed', 'always', 'never'")
+        check_fields(self)
         if self.dtype not in ("", "float32", "float16"):
             raise ConfigError(f"dtype: {self.dtype!r} is not '', 'float32' or 'float16' ('' keeps the inputs')")
         self.index.validate()
@@ -117,18 +117,12 @@ def merge_maps(cfg: MergeMapsConfig) -> PlaceMap:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `merge-maps`."""
-    parser.add_argument("inputs", nargs="*", help="map directories (e.g. out.shard-000-of-004 ...)")
-    parser.add_argument("--out", help="merged map directory")
-    parser.add_argument("--renumber", choices=("if_needed", "always", "never"))
-    parser.add_argument("--allow-partial", action="store_true", default=None, help="merge even if shards are missing")
-    parser.add_argument("--index", choices=("flat", "hnsw", "ivf"), help="FAISS index kind of the merged map")
-    add_config_arguments(parser)
+    add_config_flags(parser, MergeMapsConfig, ("out", "renumber", "allow_partial", "index.kind"), positional=("inputs",))
 
 
 def run(args: argparse.Namespace) -> int:
     """Merge and report."""
-    cfg = config_from_args(MergeMapsConfig, args, inputs=args.inputs or None, out=args.out, renumber=args.renumber,
-                           allow_partial=args.allow_partial, **{"index.kind": args.index})
+    cfg = config_from_args(MergeMapsConfig, args)
     merged = merge_maps(cfg)
     print(f"merged {len(cfg.inputs)} maps into {cfg.out}: {len(merged)} places")
     return 0

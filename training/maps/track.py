@@ -14,6 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
+from dsformer_ros.common.geometry import yaw_to_heading
 from dsformer_ros.common.utm import latlon_to_utm, utm_to_latlon, zone_letter, zone_number
 from training.io.bag_reader import STATUS_NO_FIX, GpsFix, OdomPose
 
@@ -226,7 +227,7 @@ def track_from_odometry(poses: Iterable[OdomPose], utm_zone: str, max_horizontal
     easting = np.array([p.x for p in kept])[order]
     northing = np.array([p.y for p in kept])[order]
     yaw = np.array([p.yaw for p in kept])[order]
-    heading = np.mod(90.0 - np.degrees(yaw), 360.0)
+    heading = yaw_to_heading(yaw)
     source = "odometry"
     if np.isnan(heading).all():
         heading = track_headings(easting, northing, heading_baseline_m)

@@ -1,6 +1,7 @@
-"""Time the block (and grid) partition on SF-XL-like synthetic positions: 100 k, 1 M and 3.4 M by default.
+"""`dsformer-vpr bench-partition`: time the block (and grid) partition on SF-XL-like synthetic positions.
 
-Run as `python -m training.partition.bench [--sizes 100000,1000000] [--workers 2] [--out bench.json]`.
+`dsformer-vpr bench-partition [--sizes 100000 1000000] [--workers 2] [--out bench.json]`; 100 k, 1 M and 3.4 M
+positions by default.
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import time
 from pathlib import Path
 
 from dsformer_ros.common.atomic import atomic_write_text
-from dsformer_ros.common.cli import setup_logging
+from dsformer_ros.common.cli import add_config_flags, config_from_args
+from dsformer_ros.common.config import ConfigError
+from dsformer_ros.common.params import check_fields, setting
 from training.partition.clustering import PartitionConfig, block_partition, grid_partition
 from training.partition.sfxl_positions import sfxl_like_positions
 
@@ -60,27 +63,37 @@ def bench_partition(sizes: tuple[int, ...], cfg: PartitionConfig, seed: int = 0)
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: sizes, workers, optional JSON output."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="comma-separated position counts")
-    parser.add_argument("--workers", type=int, default=PartitionConfig().workers, help="processes over strips")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    args = parser.parse_args(argv)
-    setup_logging()
-    sizes = tuple(int(s) for s in args.sizes.split(",") if s)
-    rows = bench_partition(sizes, PartitionConfig(workers=args.workers), seed=args.seed)
+@dataclasses.dataclass
+class BenchPartitionConfig:
+    """Sizes to time, strip workers, the positions' seed and where the JSON rows go."""
+
+    sizes: list[int] = dataclasses.field(default_factory=lambda: list(DEFAULT_SIZES))
+    workers: int = setting(PartitionConfig().workers, "processes over strips", low=1)
+    seed: int = setting(0, "seed of the synthetic positions")
+    out: str = setting("", "also write the rows as JSON here")
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad field."""
+        check_fields(self)
+        if not self.sizes or min(self.sizes) < 1:
+            raise ConfigError(f"sizes: need position counts >= 1, got {self.sizes}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `bench-partition`."""
+    add_config_flags(parser, BenchPartitionConfig, ("sizes", "workers", "seed", "out"))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and print its table."""
+    cfg = config_from_args(BenchPartitionConfig, args)
+    rows = bench_partition(tuple(cfg.sizes), PartitionConfig(workers=cfg.workers), seed=cfg.seed)
     print(f"{'positions':>10} {'workers':>7} {'generate s':>10} {'block s':>8} {'block cpu s':>11} {'grid s':>7} "
           f"{'classes':>8} {'images':>9}")
     for r in rows:
         print(f"{r['positions']:>10} {r['workers']:>7} {r['generate_s']:>10.2f} {r['block_s']:>8.1f} "
               f"{r['block_cpu_s']:>11.1f} {r['grid_s']:>7.2f} {r['block_classes']:>8} "
               f"{r['block_images_in_classes']:>9}")
-    if args.out is not None:
-        atomic_write_text(args.out, json.dumps(rows, indent=2) + "\n")
+    if cfg.out:
+        atomic_write_text(Path(cfg.out), json.dumps(rows, indent=2) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

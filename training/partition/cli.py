@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dsformer_ros.common.atomic import atomic_save, atomic_write_text
-from dsformer_ros.common.cli import add_config_arguments, config_from_args
+from dsformer_ros.common.atomic import atomic_write_text
+from dsformer_ros.common.cli import add_config_flags, config_from_args
 from training.io.at_names import read_at_folder
 from training.partition.clustering import Partition, PartitionConfig, partition
 from training.partition.sfxl_positions import sfxl_like_positions
@@ -30,15 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of --synthetic (default 0)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--cache-dir", type=Path, help="reuse/store the partition here, keyed by config and input")
-    parser.add_argument("--method", choices=("block", "grid"), help="overrides the config's method")
-    parser.add_argument("--workers", type=int, help="processes over strips (overrides the config)")
     parser.add_argument("--no-plot", action="store_true", help="skip partition.png")
-    add_config_arguments(parser)
+    add_config_flags(parser, PartitionConfig, ("method", "workers"))
 
 
 def run(args: argparse.Namespace) -> int:
     """Load positions, partition them, write the result, summary and plot."""
-    cfg = config_from_args(PartitionConfig, args, method=args.method, workers=args.workers)
+    cfg = config_from_args(PartitionConfig, args)
     positions, names = _load_positions(args)
     start = time.perf_counter()
     result = partition(positions, cfg, cache_dir=args.cache_dir)
@@ -83,13 +81,12 @@ def summarize(result: Partition, seconds: float) -> dict:
 
 def plot_partition(positions: np.ndarray, result: Partition, path: Path) -> None:
     """PNG map: all positions grey, class members coloured by group, peaks and focal points marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from training.figures import save_figure
+
     rng = np.random.default_rng(0)
-    fig, ax = plt.subplots(figsize=(10, 10), dpi=120)
+    fig, ax = plt.subplots(figsize=(10, 10))
     origin = positions.min(axis=0)
     shown = positions if len(positions) <= PLOT_MAX_POINTS else positions[rng.choice(len(positions), PLOT_MAX_POINTS,
                                                                                      replace=False)]
@@ -110,8 +107,7 @@ def plot_partition(positions: np.ndarray, result: Partition, path: Path) -> None
     ax.set_ylabel(f"north - {origin[1]:.0f} (m)")
     ax.set_title(f"{result.config.get('method')} partition: {result.num_classes} classes, {result.num_groups} groups")
     ax.legend(loc="upper right", markerscale=4)
-    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _load_positions(args: argparse.Namespace) -> tuple[np.ndarray, list[str] | None]:

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from dsformer_ros.common.atomic import atomic_save
 from dsformer_ros.common.config import ConfigError, to_dict
+from dsformer_ros.common.params import setting
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ _EXECUTION_FIELDS = ("workers",)
 class PartitionConfig:
     """Parameters of the partition; defaults are the DSFormer paper's (block) with EigenPlaces' grid as the option."""
 
-    method: Literal["block", "grid"] = "block"
+    method: Literal["block", "grid"] = setting("block", "block clustering (the paper) or the EigenPlaces grid")
     strip_width_m: float = 10.0  # M: strip width (block) or cell side (grid)
     groups_per_direction: int = 5  # N: groups per strip direction (block); N x N spatial groups (grid)
     class_radius_m: float = 7.5  # r: a class is every strip point within r of its peak-density point
@@ -59,7 +60,7 @@ class PartitionConfig:
     cluster_selection_method: Literal["eom", "leaf"] = "eom"  # HDBSCAN
     allow_single_cluster: bool = False  # HDBSCAN's default; True often merges a whole strip into one cluster
     min_images_per_class: int = 10
-    workers: int = 2  # processes over strips; results do not depend on it
+    workers: int = setting(2, "processes over strips; results do not depend on it", low=1)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad field."""

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from scipy.spatial import cKDTree
+
+from training.eval.recall import positives_within_radius, recall_at_n
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -102,26 +103,35 @@ def correct_at(results: ReplayResults, radius_m: float) -> np.ndarray:
     return np.isfinite(d) & (d <= radius_m)
 
 
+def _positives(gt_xy: np.ndarray, map_xy: np.ndarray, radius_m: float) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Frames with a known GPS position, and the map rows within `radius_m` of each (the eval's definition)."""
+    known = np.flatnonzero(np.isfinite(gt_xy).all(axis=1))
+    if known.size == 0 or map_xy.shape[0] == 0:
+        return known, [np.zeros(0, dtype=np.int64) for _ in known]
+    return known, positives_within_radius(map_xy, gt_xy[known], radius_m)
+
+
 def has_positive(gt_xy: np.ndarray, map_xy: np.ndarray, radius_m: float) -> np.ndarray:
     """(F,) bool: some map place lies within `radius_m` of the frame's GPS position (the frame is evaluable)."""
     out = np.zeros(gt_xy.shape[0], dtype=bool)
-    known = np.isfinite(gt_xy).all(axis=1)
-    if known.any() and map_xy.shape[0]:
-        distances, _ = cKDTree(map_xy).query(gt_xy[known], k=1)
-        out[known] = distances <= radius_m
+    known, positives = _positives(gt_xy, map_xy, radius_m)
+    out[known] = [p.size > 0 for p in positives]
     return out
 
 
-def recall_at(results: ReplayResults, evaluable: np.ndarray, radius_m: float, ns: Sequence[int]) -> dict[str, float]:
-    """Recall@N over evaluable frames: one of the first N candidates lies within `radius_m` of the GPS position."""
-    correct = correct_at(results, radius_m)[evaluable]
-    if correct.shape[0] == 0:
+def recall_at(results: ReplayResults, map_xy: np.ndarray, map_ids: np.ndarray, radius_m: float,
+              ns: Sequence[int]) -> dict[str, float]:
+    """Recall@N over evaluable frames, computed by the evaluation's `recall_at_n` on map place ids."""
+    known, positives = _positives(results.gt_xy, map_xy, radius_m)
+    ids = np.asarray(map_ids, dtype=np.int64)
+    found = recall_at_n(results.cand_place_ids[known], [ids[p] for p in positives], ns)
+    if found["queries"] == found["queries_without_positives"]:
         return {str(n): float("nan") for n in ns}
-    return {str(n): float(correct[:, :n].any(axis=1).mean()) for n in ns}
+    return {str(n): v for n, v in found["recall_queries_with_positives"].items()}
 
 
 def compute_metrics(
-    results: ReplayResults, map_xy: np.ndarray, radius_m: float, ns: Sequence[int]
+    results: ReplayResults, map_xy: np.ndarray, map_ids: np.ndarray, radius_m: float, ns: Sequence[int]
 ) -> dict[str, Any]:
     """The report's numbers: recall, fix precision/availability, position error and latency percentiles."""
     if max(ns) > results.cand_place_ids.shape[1]:
@@ -139,7 +149,7 @@ def compute_metrics(
         "frames_evaluable": int(evaluable.sum()),
         "frames_answered": int(results.answered.sum()),
         "radius_m": float(radius_m),
-        "recall": recall_at(results, evaluable, radius_m, ns),
+        "recall": recall_at(results, map_xy, map_ids, radius_m, ns),
         "fix": {
             "accepted": int(results.accepted.sum()),
             "availability": float(results.accepted[known].mean()) if known.any() else float("nan"),

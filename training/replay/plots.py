@@ -1,22 +1,13 @@
-"""Replay report figures (PNG) beyond training/plots.py: trajectory over the map with fixes, and the error histogram."""
+"""Replay report figures (PNG) beyond training/eval/plots.py: trajectory over the map with fixes, and the error histogram."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from dsformer_ros.common.atomic import atomic_path  # noqa: E402
-from training.replay.metrics import ReplayResults, correct_at  # noqa: E402
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+from training.figures import save_figure
+from training.replay.metrics import ReplayResults, correct_at
 
 
 def plot_trajectory(
@@ -45,7 +36,7 @@ def plot_trajectory(
     ax.set_ylabel("northing − %.0f (m)" % origin[1])
     ax.set_title(title or f"query trajectory, correct = within {radius_m:g} m of GPS")
     ax.legend(loc="best", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_error_histogram(results: ReplayResults, radius_m: float, path: Path) -> None:
@@ -64,4 +55,4 @@ def plot_error_histogram(results: ReplayResults, radius_m: float, path: Path) ->
     ax.set_xlabel("position error vs GPS (m; last bin holds larger errors)")
     ax.set_ylabel("frames")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)

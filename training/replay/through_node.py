@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import yaml
@@ -25,12 +25,11 @@ from tqdm import tqdm
 
 from dsformer_ros.common.atomic import atomic_write_text
 from dsformer_ros.common.config import to_dict
+from dsformer_ros.common.geometry import ns_to_stamp, stamp_to_ns
 from dsformer_ros.localization.localizer import LocalizerConfig
-from training.io.bag_reader import DriveLogReader, ImageFrame
+from training.io.bag_reader import ImageFrame
+from training.replay.config import ReplayConfig
 from training.replay.metrics import ReplayResults, record_answer, record_fix
-
-if TYPE_CHECKING:
-    from training.replay.replay import ReplayConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +50,10 @@ class _Answer:
     received: float
 
 
-def node_parameters(cfg: "ReplayConfig", loc_cfg: LocalizerConfig, input_type: str) -> dict[str, Any]:
+def node_parameters(cfg: ReplayConfig, loc_cfg: LocalizerConfig, input_type: str) -> dict[str, Any]:
     """The node's parameters for a replay: the localizer settings of both modes, sim time, no rate limit."""
-    params = to_dict(loc_cfg)
+    params = {k: v for k, v in to_dict(loc_cfg).items() if k != "acceptance"}
+    params.update(to_dict(loc_cfg.acceptance))
     params.update({
         "use_sim_time": True,
         "autostart": True,
@@ -63,13 +63,9 @@ def node_parameters(cfg: "ReplayConfig", loc_cfg: LocalizerConfig, input_type: s
         "max_rate_hz": 0.0,
         "publish_markers": False,
         "no_fix_warn_s": 0.0,
-        "torch_threads": cfg.torch_threads,
+        "torch_threads": cfg.threads,
     })
     return params
-
-
-def _stamp_ns(stamp: Any) -> int:
-    return int(stamp.sec) * NS + int(stamp.nanosec)
 
 
 def _tail(path: Path) -> str:
@@ -113,11 +109,11 @@ class _Driver:
         self._clock_type = Clock
 
     def _on_candidates(self, msg: Any) -> None:
-        self.answers[_stamp_ns(msg.header.stamp)] = _Answer(self._read_cloud(msg).copy(), time.monotonic())
+        self.answers[stamp_to_ns(msg.header.stamp)] = _Answer(self._read_cloud(msg).copy(), time.monotonic())
 
     def _on_pose(self, msg: Any) -> None:
         p = msg.pose.pose.position
-        self.poses[_stamp_ns(msg.header.stamp)] = (p.x, p.y, np.asarray(msg.pose.covariance, dtype=np.float64))
+        self.poses[stamp_to_ns(msg.header.stamp)] = (p.x, p.y, np.asarray(msg.pose.covariance, dtype=np.float64))
 
     def _on_diagnostics(self, msg: Any) -> None:
         for status in msg.status:
@@ -140,7 +136,7 @@ class _Driver:
     def publish_frame(self, stamp_ns: int, payload: Any) -> float:
         """/clock at the frame's stamp, then the image; returns the monotonic publish time."""
         clock = self._clock_type()
-        clock.clock.sec, clock.clock.nanosec = stamp_ns // NS, stamp_ns % NS
+        clock.clock.sec, clock.clock.nanosec = ns_to_stamp(stamp_ns)
         self.clock_pub.publish(clock)
         sent = time.monotonic()
         self.image_pub.publish(payload)
@@ -172,7 +168,7 @@ def _probe_message(payload: bytes, image_type: type, stamp_ns: int) -> Any:
     from rclpy.serialization import deserialize_message
 
     msg = deserialize_message(payload, image_type)
-    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp_ns // NS, stamp_ns % NS
+    msg.header.stamp.sec, msg.header.stamp.nanosec = ns_to_stamp(stamp_ns)
     return msg
 
 
@@ -200,7 +196,7 @@ def _stop_node(process: subprocess.Popen) -> int:
     return int(process.returncode)
 
 
-def _probe(driver: _Driver, first: bytes, first_stamp: int, cfg: "ReplayConfig", alive: Callable[[], bool]) -> float:
+def _probe(driver: _Driver, first: bytes, first_stamp: int, cfg: ReplayConfig, alive: Callable[[], bool]) -> float:
     """Publish probe frames until one is answered, let stragglers finish, clear the temporal filter; probe latency s."""
     deadline = time.monotonic() + cfg.startup_timeout_s
     if not driver.spin_until(lambda: driver.image_pub.get_subscription_count() > 0, cfg.startup_timeout_s, alive):
@@ -227,7 +223,8 @@ def _probe(driver: _Driver, first: bytes, first_stamp: int, cfg: "ReplayConfig",
 
 
 def replay_through_node(
-    cfg: "ReplayConfig", loc_cfg: LocalizerConfig, image_frames: Iterable[ImageFrame], n: int, out_dir: Path
+    cfg: ReplayConfig, loc_cfg: LocalizerConfig, image_frames: Iterable[ImageFrame], n: int, compressed: bool,
+    out_dir: Path,
 ) -> tuple[ReplayResults, dict]:
     """Start the node, replay the `n` frames through it, stop it; per-frame results and a node section.
 
@@ -236,9 +233,7 @@ def replay_through_node(
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     log.info("DDS discovery range %s, domain %s", os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"],
              os.environ.get("ROS_DOMAIN_ID", "0"))
-    with DriveLogReader(cfg.bag) as reader:
-        msgtype = reader.topics()[cfg.image_topic]
-    compressed = msgtype.endswith("CompressedImage")
+    msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
     node_name = f"vpr_replay_{os.getpid()}"
     out_dir.mkdir(parents=True, exist_ok=True)
     results = ReplayResults.empty_like(n, cfg.top_k)

@@ -1,1 +1,3 @@
-"""Synthetic drive logs of a procedural town (`dsformer-vpr synth`)."""
+"""Synthetic drives of a procedural town: town, renderer, routes, and drives written as rosbag2 and '@' folders;
+`synth`.
+"""

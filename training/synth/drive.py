@@ -11,22 +11,20 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from dsformer_ros.common.atomic import OutputPathError, atomic_directory, check_output_directory
+from dsformer_ros.common.geometry import yaw_to_heading
 from dsformer_ros.common.utm import latlon_to_utm, utm_to_latlon
 from training.io.at_names import AtName, format_at_name
 from training.io.bag_writer import STATUS_FIX, STATUS_NO_FIX, DriveLogWriter
+from training.synth.config import SynthConfig
 from training.synth.render import CONDITIONS, Camera, Pose, Renderer, benchmark
 from training.synth.routes import Trajectory, build_trajectory, make_route, poses_at
 from training.synth.town import Town, TownSpec, build_town
-
-if TYPE_CHECKING:
-    from training.synth.cli import SynthConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +64,6 @@ class DriveSummary:
                 + (f", bag {self.bag}" if self.bag else "") + (f", '@' folder {self.export_at}" if self.export_at else ""))
 
 
-def compass_heading_deg(yaw: float) -> float:
-    """Compass bearing in degrees (0 = north, 90 = east) of a yaw in radians counter-clockwise from east."""
-    return (90.0 - math.degrees(yaw)) % 360.0
-
-
 def town_of(cfg: SynthConfig) -> Town:
     """The town a config drives in."""
     return build_town(TownSpec(seed=cfg.seed, blocks_x=cfg.blocks_x, blocks_y=cfg.blocks_y))
@@ -97,9 +90,9 @@ def plan_drive(cfg: SynthConfig, town: Town) -> tuple[Trajectory, np.ndarray]:
 
 
 def write_drive(cfg: SynthConfig) -> DriveSummary:
-    """Render the drive of `cfg` into the bag at cfg.output and/or the '@' folder cfg.export_at (both must not exist)."""
+    """Render the drive of `cfg` into the bag at cfg.out and/or the '@' folder cfg.export_at (both must not exist)."""
     cfg.validate()
-    for target in (cfg.output, cfg.export_at):
+    for target in (cfg.out, cfg.export_at):
         if target and Path(target).exists():
             raise OutputPathError(f"output {target} exists already; choose a new path or remove it")
         if target:
@@ -122,8 +115,8 @@ def write_drive(cfg: SynthConfig) -> DriveSummary:
     with contextlib.ExitStack() as stack:  # on error neither the bag nor the folder appears
         at_dir = stack.enter_context(atomic_directory(cfg.export_at)) if cfg.export_at else None
         writer = (
-            stack.enter_context(DriveLogWriter(cfg.output, cfg.storage, topic, cfg.compressed, jpeg_quality=cfg.jpeg_quality))
-            if cfg.output else None
+            stack.enter_context(DriveLogWriter(cfg.out, cfg.storage, topic, cfg.compressed, jpeg_quality=cfg.jpeg_quality))
+            if cfg.out else None
         )
         for dt_ns, what, k in tqdm(events, desc=f"synth {cfg.condition}", unit="msg"):
             stamp = t0 + dt_ns
@@ -149,7 +142,7 @@ def write_drive(cfg: SynthConfig) -> DriveSummary:
                 )
             if at_dir is not None:
                 _write_at_image(at_dir, origin, pose, rgb, stamp, k, cfg)
-    return DriveSummary(len(times), len(gps_times), float(times[-1] * cfg.speed_mps), cfg.output, cfg.export_at)
+    return DriveSummary(len(times), len(gps_times), float(times[-1] * cfg.speed_mps), cfg.out, cfg.export_at)
 
 
 def _write_at_image(folder: Path, origin: GeoOrigin, pose: Pose, rgb: np.ndarray, stamp: int, k: int, cfg: SynthConfig) -> None:
@@ -159,7 +152,7 @@ def _write_at_image(folder: Path, origin: GeoOrigin, pose: Pose, rgb: np.ndarray
             easting=origin.easting + pose.x, northing=origin.northing + pose.y, zone_number=origin.zone_number,
             zone_letter=origin.zone_letter, lat=float(lat), lon=float(lon),
             pano_id=f"synth{cfg.seed}-{cfg.route}{cfg.route_seed}-{cfg.condition}-{k:06d}",
-            heading_deg=compass_heading_deg(pose.yaw), timestamp=str(stamp), note=cfg.condition,
+            heading_deg=float(yaw_to_heading(pose.yaw)), timestamp=str(stamp), note=cfg.condition,
         )
     )
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])

@@ -1,0 +1,3 @@
+"""EigenPlaces-style training: config, data (classes, crops, epoch plans), LMCL loss, run state and resume, the
+training loop.
+"""

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from dsformer_ros.common.config import ConfigError
 from dsformer_ros.common.devices import check_device_name
+from dsformer_ros.common.params import setting
 from dsformer_ros.inference.precision import PRECISIONS
 from dsformer_ros.model.dsformer import VARIANTS, ModelConfig
 from training.eval.datasets import DatasetConfig
@@ -13,7 +14,7 @@ from training.partition.clustering import PartitionConfig
 
 DATA_KINDS = ("sfxl_panoramas", "perspective_at")
 # Keys a resumed run may change; everything else must match the interrupted run for the result to be exact.
-RESUME_MUTABLE_KEYS = ("optim.epochs", "resume", "num_workers", "progress", "log_every", "out_dir", "data.cache_dir",
+RESUME_MUTABLE_KEYS = ("optim.epochs", "resume", "num_workers", "progress", "log_every", "out", "data.cache_dir",
                        "data.partition.workers")
 
 
@@ -79,7 +80,7 @@ class DataSection:
     pano_fov_deg: float = 90.0  # sfxl_panoramas: horizontal field of view of the crop towards the focal point
     heading_tolerance_deg: float = 30.0  # perspective_at: frame heading vs bearing to the focal point
     min_frames_per_class: int = 4  # perspective_at: classes with fewer frames facing the focal point are dropped
-    cache_dir: str = ""  # partition cache; "" = <out_dir>/cache
+    cache_dir: str = ""  # partition cache; "" = <out>/cache
     augment: AugmentSection = field(default_factory=AugmentSection)
 
     def validate(self) -> None:
@@ -168,8 +169,8 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int = 2
     seed: int = 0
-    out_dir: str = "runs/train"
-    resume: bool = False  # continue exactly from <out_dir>/last_state.pt and <out_dir>/last.pt
+    out: str = setting("runs/train", "output folder (checkpoints, metrics.csv, TensorBoard)")
+    resume: bool = setting(False, "continue exactly from <out>/last_state.pt and <out>/last.pt")
     log_every: int = 20  # iterations between TensorBoard loss points
     progress: bool = True
 
@@ -181,7 +182,7 @@ class TrainConfig:
                f"{self.precision} mixed precision needs a CUDA device (device is 'cpu'); use fp32")
         _check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
         _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
-        _check(bool(self.out_dir), "out_dir", "must name a folder")
+        _check(bool(self.out), "out", "must name a folder")
         _check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
         if self.model.variant == "dinov2" and self.data.image_size is not None:
             _check(all(s % 14 == 0 for s in self.data.image_size), "data.image_size",

@@ -65,7 +65,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
     """Read a resume state written by `save_state` (data only, on the CPU)."""
     path = Path(path)
     if not path.is_file():
-        raise ResumeError(f"resume state {path} does not exist (was the run started with this out_dir?)")
+        raise ResumeError(f"resume state {path} does not exist (was the run started with this out?)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt files

@@ -13,7 +13,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dsformer_ros.common.atomic import atomic_write_text
-from dsformer_ros.common.cli import add_config_arguments, config_from_args
+from dsformer_ros.common.cli import add_config_flags, add_threads_argument, config_from_args, set_threads
 from dsformer_ros.common.config import ConfigError, save_config, to_dict
 from dsformer_ros.common.devices import resolve_device
 from dsformer_ros.inference.extractor import DescriptorExtractor
@@ -40,8 +40,7 @@ from dsformer_ros.model.checkpoint import (
     state_dict_sha256,
 )
 from dsformer_ros.model.dsformer import DSFormer, build_model, preset
-from dsformer_ros.model.pretrained import init_backbone
-from training.eval.baselines import DSFormerMethod
+from dsformer_ros.model.loading import untrained_model
 from training.eval.datasets import VPRDataset, open_dataset
 from training.eval.evaluate import EvalConfig, evaluate_method
 from training.train.config import TrainConfig
@@ -77,19 +76,15 @@ class TrainResult:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--config FILE`, `--set key=value`, and shortcuts for the output folder and resuming."""
-    add_config_arguments(parser)
-    parser.add_argument("--out-dir", help="output folder (checkpoints, metrics.csv, TensorBoard); config out_dir")
-    parser.add_argument("--resume", action="store_true", default=None,
-                        help="continue exactly from <out_dir>/last_state.pt (config resume)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads of this process (default: torch's choice)")
+    """`--config FILE`, `--set key=value`, the output folder, resuming and the process's threads."""
+    add_config_flags(parser, TrainConfig, ("out", "resume"))
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train as the configuration says; returns 0 when all epochs are done."""
-    cfg = config_from_args(TrainConfig, args, out_dir=args.out_dir, resume=args.resume)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cfg = config_from_args(TrainConfig, args)
+    set_threads(args)
     result = train(cfg)
     if result.best_metric is not None:
         log.info("done: %d epochs, best R@%d %.4f, checkpoints in %s", result.epochs_done,
@@ -141,8 +136,31 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _train(cfg: TrainConfig, dist_info: Distributed) -> TrainResult:
-    out_dir = Path(cfg.out_dir)
+@dataclass
+class Run:
+    """Everything one training run carries from epoch to epoch: config, model, optimisers, heads, data, logging."""
+
+    cfg: TrainConfig
+    out_dir: Path
+    device: torch.device
+    dist_info: Distributed
+    model: DSFormer
+    net: nn.Module  # the model, wrapped in DistributedDataParallel when several processes train
+    model_opt: torch.optim.Optimizer
+    heads: dict[int, LMCLHead]
+    head_opts: dict[int, torch.optim.Optimizer]
+    scaler: torch.amp.GradScaler
+    training_set: TrainingSet
+    rotation: list[int]
+    writer: Any = None
+    start_epoch: int = 0
+    best: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _start_run(cfg: TrainConfig, dist_info: Distributed) -> Run:
+    """Data, model, heads and optimisers of a fresh run, or of a resumed one restored exactly from last_state.pt."""
+    out_dir = Path(cfg.out)
     device = _device(cfg, dist_info)
     _seed_everything(cfg.seed)
     state = None
@@ -161,30 +179,33 @@ def _train(cfg: TrainConfig, dist_info: Distributed) -> TrainResult:
     log.info("model %s at %s: %d trainable / %d frozen parameters; groups rotate %s",
              model.config.variant, model.config.image_size, sum(p.numel() for p in trainable),
              sum(p.numel() for n, p in model.named_parameters() if n in frozen), rotation)
-    model_opt = torch.optim.Adam(trainable, lr=cfg.optim.lr_model)
-    head_opts = {g: torch.optim.Adam(h.parameters(), lr=cfg.optim.lr_classifier) for g, h in heads.items()}
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    start_epoch, best, history = 0, None, []
-    if state is not None:
-        model_opt.load_state_dict(state["model_optimizer"])
-        for g, head in heads.items():
-            head.load_state_dict(state["classifiers"][g])
-            head_opts[g].load_state_dict(state["classifier_optimizers"][g])
-        scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"])
-        start_epoch, best, history = int(state["epoch"]), state["best_metric"], list(state["history"])
-        log.info("resumed after epoch %d from %s", start_epoch, out_dir / "last_state.pt")
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if dist_info.world_size > 1 else model
+    run = Run(cfg, out_dir, device, dist_info, model, net, torch.optim.Adam(trainable, lr=cfg.optim.lr_model), heads,
+              {g: torch.optim.Adam(h.parameters(), lr=cfg.optim.lr_classifier) for g, h in heads.items()},
+              torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"), training_set, rotation)
+    if state is not None:
+        run.model_opt.load_state_dict(state["model_optimizer"])
+        for g, head in heads.items():
+            head.load_state_dict(state["classifiers"][g])
+            run.head_opts[g].load_state_dict(state["classifier_optimizers"][g])
+        run.scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"])
+        run.start_epoch, run.best, run.history = int(state["epoch"]), state["best_metric"], list(state["history"])
+        log.info("resumed after epoch %d from %s", run.start_epoch, out_dir / "last_state.pt")
+    run.writer = _writers(cfg, out_dir, dist_info, run.start_epoch)
+    return run
+
+
+def _train(cfg: TrainConfig, dist_info: Distributed) -> TrainResult:
+    run = _start_run(cfg, dist_info)
     val_set = open_dataset(cfg.val.dataset) if cfg.val.dataset is not None and dist_info.main else None
-    writer = _writers(cfg, out_dir, dist_info, start_epoch)
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        group = rotation[epoch % len(rotation)]
+    for epoch in range(run.start_epoch, cfg.optim.epochs):
+        group = run.rotation[epoch % len(run.rotation)]
         started = time.perf_counter()
-        losses = _train_epoch(cfg, net, model, model_opt, heads[group], head_opts[group], scaler, training_set,
-                              group, epoch, device, dist_info, writer)
+        losses = _train_epoch(run, group, epoch)
         row: dict[str, Any] = {
-            "epoch": epoch + 1, "group": group, "classes": heads[group].num_classes,
+            "epoch": epoch + 1, "group": group, "classes": run.heads[group].num_classes,
             "iterations": cfg.optim.iterations_per_epoch, "loss_mean": float(np.mean(losses)),
             "loss_first": losses[0], "loss_last": losses[-1],
             "seconds": time.perf_counter() - started,
@@ -192,17 +213,16 @@ def _train(cfg: TrainConfig, dist_info: Distributed) -> TrainResult:
         row["seconds_per_iteration"] = row["seconds"] / cfg.optim.iterations_per_epoch
         if dist_info.main:
             if val_set is not None:
-                row.update(_validate(model, val_set, cfg, out_dir))
-                _train_mode(model)
-            history.append(row)
-            best = _save_epoch(cfg, out_dir, model, model_opt, heads, head_opts, scaler, epoch + 1, row, best,
-                               history)
-            _log_epoch(writer, row, history, out_dir)
+                row.update(_validate(run.model, val_set, cfg, run.out_dir))
+                _train_mode(run.model)
+            run.history.append(row)
+            _save_epoch(run, epoch + 1, row)
+            _log_epoch(run.writer, row, run.history, run.out_dir)
         if dist_info.world_size > 1:
             dist.barrier()
-    if writer is not None:
-        writer.close()
-    return TrainResult(out_dir, cfg.optim.epochs, best, history)
+    if run.writer is not None:
+        run.writer.close()
+    return TrainResult(run.out_dir, cfg.optim.epochs, run.best, run.history)
 
 
 def _group_rotation(cfg: TrainConfig, training_set: TrainingSet) -> list[int]:
@@ -232,11 +252,7 @@ def _build_model(cfg: TrainConfig, resume_dir: Path | None, state: dict[str, Any
     base = preset(cfg.model.variant)
     model_cfg = replace(base, **cfg.model.config, image_size=tuple(cfg.data.image_size or base.image_size))
     model_cfg.validate()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = build_model(model_cfg)
-    init_backbone(model, cfg.model.backbone_weights or None)
-    return model
+    return untrained_model(model_cfg, cfg.seed, cfg.model.backbone_weights or None, require_backbone=True)
 
 
 def _from_checkpoint(path: str | Path, image_size: tuple[int, int] | None) -> DSFormer:
@@ -276,13 +292,13 @@ def _move_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) -> N
                 param_state[key] = value.to(device)
 
 
-def _train_epoch(cfg: TrainConfig, net: nn.Module, model: DSFormer, model_opt: torch.optim.Optimizer, head: LMCLHead,
-                 head_opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, training_set: TrainingSet, group: int, epoch: int,
-                 device: torch.device, dist_info: Distributed, writer: Any) -> list[float]:
+def _train_epoch(run: Run, group: int, epoch: int) -> list[float]:
     """One epoch over one group: a fixed number of iterations; returns the (all-process mean) loss per iteration."""
+    cfg, model, device, dist_info = run.cfg, run.model, run.device, run.dist_info
+    head, head_opt = run.heads[group], run.head_opts[group]
     head.to(device)
     _move_optimizer(head_opt, device)
-    dataset = GroupDataset(training_set, group, cfg.data, model.config.image_size, model.config.mean,
+    dataset = GroupDataset(run.training_set, group, cfg.data, model.config.image_size, model.config.mean,
                            model.config.std)
     plan = epoch_plan(dataset.classes.num_classes, cfg.optim.batch_size, cfg.optim.iterations_per_epoch,
                       cfg.seed, epoch)
@@ -295,26 +311,26 @@ def _train_epoch(cfg: TrainConfig, net: nn.Module, model: DSFormer, model_opt: t
     for iteration, (images, labels) in enumerate(bar):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        model_opt.zero_grad(set_to_none=True)
+        run.model_opt.zero_grad(set_to_none=True)
         head_opt.zero_grad(set_to_none=True)
         with autocast(cfg.precision, device.type):
-            descriptors = net(images)
+            descriptors = run.net(images)
         loss = lmcl_loss(head, descriptors, labels)
-        scaler.scale(loss).backward()
+        run.scaler.scale(loss).backward()
         if dist_info.world_size > 1:
             for param in head.parameters():
                 dist.all_reduce(param.grad, op=dist.ReduceOp.AVG)
-        scaler.step(model_opt)
-        scaler.step(head_opt)
-        scaler.update()
+        run.scaler.step(run.model_opt)
+        run.scaler.step(head_opt)
+        run.scaler.update()
         value = loss.detach()
         if dist_info.world_size > 1:
             dist.all_reduce(value, op=dist.ReduceOp.AVG)
         losses.append(float(value))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         step = epoch * cfg.optim.iterations_per_epoch + iteration
-        if writer is not None and step % cfg.log_every == 0:
-            writer.add_scalar("train/loss", losses[-1], step)
+        if run.writer is not None and step % cfg.log_every == 0:
+            run.writer.add_scalar("train/loss", losses[-1], step)
     head.cpu()
     _move_optimizer(head_opt, torch.device("cpu"))
     return losses
@@ -323,43 +339,40 @@ def _train_epoch(cfg: TrainConfig, net: nn.Module, model: DSFormer, model_opt: t
 def _validate(model: DSFormer, val_set: VPRDataset, cfg: TrainConfig, out_dir: Path) -> dict[str, float]:
     """Recall@N of the current weights on the validation set, through the evaluation module (no map cache)."""
     model.checkpoint_sha256 = state_dict_sha256(model.state_dict())
-    method = DSFormerMethod(DescriptorExtractor(model, batch_size=cfg.val.batch_size, precision=cfg.precision))
+    method = DescriptorExtractor(model, batch_size=cfg.val.batch_size, precision=cfg.precision)
     ns = tuple(sorted(cfg.val.recall_ns))
     eval_cfg = EvalConfig(dataset=cfg.val.dataset, recall_ns=ns, top_k=max(ns), batch_size=cfg.val.batch_size,
-                          precision=cfg.precision, device=cfg.device, out_dir=str(out_dir / "val"), use_cache=False,
+                          precision=cfg.precision, device=cfg.device, out=str(out_dir / "val"), use_cache=False,
                           figures=False)
     eval_cfg.validate()
     section = evaluate_method(method, val_set, eval_cfg, cache_dir=None)
     return {f"R@{n}": float(section["recall"][str(n)]) for n in ns}
 
 
-def _save_epoch(cfg: TrainConfig, out_dir: Path, model: DSFormer, model_opt: torch.optim.Optimizer,
-                heads: dict[int, LMCLHead], head_opts: dict[int, torch.optim.Optimizer],
-                scaler: torch.amp.GradScaler, epochs_done: int, row: dict[str, Any], best: float | None,
-                history: list[dict[str, Any]]) -> float | None:
+def _save_epoch(run: Run, epochs_done: int, row: dict[str, Any]) -> None:
     """last.pt every epoch, best.pt when the validation metric improves, then last_state.pt (refers to last.pt)."""
+    cfg, out_dir, model = run.cfg, run.out_dir, run.model
     metric_key = f"R@{min(cfg.val.recall_ns)}"
     provenance = {"source": "dsformer-vpr train", "epoch": epochs_done, "metrics": dict(row),
                   "train_config": to_dict(cfg)}
     sha = save_checkpoint(out_dir / "last.pt", model, provenance)
     metric = row.get(metric_key)
-    if metric is not None and (best is None or metric > best):
-        best = float(metric)
+    if metric is not None and (run.best is None or metric > run.best):
+        run.best = float(metric)
         save_checkpoint(out_dir / "best.pt", model, provenance)
-        log.info("epoch %d: new best %s %.4f -> %s", epochs_done, metric_key, best, out_dir / "best.pt")
+        log.info("epoch %d: new best %s %.4f -> %s", epochs_done, metric_key, run.best, out_dir / "best.pt")
     save_state(out_dir / "last_state.pt", {
         "epoch": epochs_done,
         "config": to_dict(cfg),
         "checkpoint_sha256": sha,
-        "model_optimizer": model_opt.state_dict(),
-        "classifiers": {g: h.state_dict() for g, h in heads.items()},
-        "classifier_optimizers": {g: o.state_dict() for g, o in head_opts.items()},
-        "scaler": scaler.state_dict(),
+        "model_optimizer": run.model_opt.state_dict(),
+        "classifiers": {g: h.state_dict() for g, h in run.heads.items()},
+        "classifier_optimizers": {g: o.state_dict() for g, o in run.head_opts.items()},
+        "scaler": run.scaler.state_dict(),
         "rng": capture_rng(),
-        "best_metric": best,
-        "history": history,
+        "best_metric": run.best,
+        "history": run.history,
     })
-    return best
 
 
 def _writers(cfg: TrainConfig, out_dir: Path, dist_info: Distributed, start_epoch: int) -> Any:
