@@ -100,21 +100,21 @@ def test_node_params_file_that_is_not_a_parameter_file(paths, capsys, name: str,
     _fails_cleanly(["node", "--params-file", str(path)], capsys, match)
 
 
-@pytest.mark.parametrize(("option", "match"), [("--output", "exists already"), ("--export-at", "exists already")])
+@pytest.mark.parametrize(("option", "match"), [("--out", "exists already"), ("--export-at", "exists already")])
 def test_synth_refuses_existing_outputs(paths, capsys, option: str, match: str) -> None:
     _fails_cleanly(["synth", option, str(paths["adir"]), "--frames", "2"], capsys, match)
 
 
 def test_synth_output_under_a_file(paths, capsys) -> None:
-    _fails_cleanly(["synth", "--output", str(paths["afile"] / "bag"), "--frames", "2"], capsys,
+    _fails_cleanly(["synth", "--out", str(paths["afile"] / "bag"), "--frames", "2"], capsys,
                    "is a file, not a directory")
 
 
 @pytest.mark.parametrize("argv", [["train", "--config", "<not_yaml.yaml>"], ["train", "--config", "<binary.yaml>"],
                                   ["train", "--config", "<missing.yaml>"], ["synth", "--config", "<list.yaml>"],
-                                  ["synth", "--set", "frames=many", "--output", "<new>"],
-                                  ["synth", "--set", "nokey=1", "--output", "<new>"],
-                                  ["synth", "--set", "frames", "--output", "<new>"]])
+                                  ["synth", "--set", "frames=many", "--out", "<new>"],
+                                  ["synth", "--set", "nokey=1", "--out", "<new>"],
+                                  ["synth", "--set", "frames", "--out", "<new>"]])
 def test_bad_config_files_and_overrides(paths, capsys, argv: list[str]) -> None:
     names = {name: str(paths.get(name, paths["root"] / name)) for name in
              ("not_yaml.yaml", "binary.yaml", "missing.yaml", "list.yaml", "new")}
@@ -156,7 +156,7 @@ def test_a_real_process_prints_one_line_and_exits_2(paths) -> None:
 
 @pytest.mark.parametrize("override", ["frames=[1, 2", "frames={", "=3", "a..b=1", "frames=" + "[" * 3000])
 def test_overrides_that_are_not_yaml_values(paths, capsys, override: str) -> None:
-    _fails_cleanly(["synth", "--set", override, "--output", str(paths["root"] / "new")], capsys, "override")
+    _fails_cleanly(["synth", "--set", override, "--out", str(paths["root"] / "new")], capsys, "override")
 
 
 def test_deep_config_file(paths, capsys) -> None:
