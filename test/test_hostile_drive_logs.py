@@ -172,3 +172,75 @@ def test_corrupt_sqlite_page_names_the_bag(bags, tmp_path: Path) -> None:
     db.write_bytes(bytes(data))
     with pytest.raises(BagError, match=f"drive log {work}.*(malformed|not a database|damaged)"):
         _read_everything(work)
+
+
+def _drive_bag(path: Path, frames: int = 40, broken: tuple[int, ...] = (), glitches: tuple[int, ...] = (),
+               zero_stamps: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A compressed-image bag of a vehicle driving north at 5 m/s (10 Hz camera and GPS); frames in `broken` carry
+    undecodable JPEG bytes, fixes in `glitches` jump to (0, 0). Returns the true (easting, northing) per frame."""
+    import cv2
+
+    east = np.full(frames, E0)
+    north = N0 + 0.5 * np.arange(frames)
+    lat, lon = utm_to_latlon(east, north, ZONE, "T")
+    with DriveLogWriter(path, "mcap", compressed=True) as writer:
+        types = writer.typestore.types
+        for i in range(frames):
+            t = NS + i * NS // 10
+            image = np.zeros((24, 32, 3), np.uint8)
+            image[:, :, 0] = (np.arange(32) * (i + 1)) % 256
+            image[:, :, 1] = (np.arange(24)[:, None] * (7 * i + 3)) % 256
+            data = cv2.imencode(".jpg", image)[1].reshape(-1)
+            if i in broken:
+                data = np.frombuffer(b"\xff\xd8\xff\xe0 broken sensor data", np.uint8)
+            stamp = types["builtin_interfaces/msg/Time"](sec=0 if zero_stamps else t // NS,
+                                                         nanosec=0 if zero_stamps else t % NS)
+            msg = types["sensor_msgs/msg/CompressedImage"](
+                header=types["std_msgs/msg/Header"](stamp=stamp, frame_id="camera"), format="jpeg", data=data)
+            writer.write_raw("/camera/image_raw", "sensor_msgs/msg/CompressedImage", t, msg)
+            fix_lat, fix_lon = (0.0, 0.0) if i in glitches else (float(lat[i]), float(lon[i]))
+            writer.write_navsatfix(t, fix_lat, fix_lon, 100.0, (1.0, 1.0, 4.0))
+    return east, north
+
+
+def _build(bag: Path, out: Path, **kwargs):
+    from training.maps.build_map import BuildMapConfig, build_map
+
+    return build_map(BuildMapConfig(input=str(bag), out=str(out), method="raw_pixels", spacing_m=2.0,
+                                    heading_change_deg=0.0, **kwargs))
+
+
+def test_a_keyframe_that_fails_to_decode_is_replaced_by_the_next_decodable_frame(tmp_path: Path) -> None:
+    from dsformer_ros.maps.placemap import PlaceMap
+
+    _drive_bag(tmp_path / "good")
+    _drive_bag(tmp_path / "broken", broken=(8, 16, 17, 24, 25, 26, 27))  # keyframes every 4 frames (2 m at 0.5 m)
+    good = _build(tmp_path / "good", tmp_path / "good_map")
+    broken = _build(tmp_path / "broken", tmp_path / "broken_map")
+    assert good["places"] == 10 and broken["places"] == 9  # 8 and 16 stand in; 24..27 all broken: a hole
+    assert broken["keyframes_replaced"] == 2 and broken["dropped"]["image_decode_error"] == 1
+    a, b = PlaceMap.load(tmp_path / "good_map").metadata, PlaceMap.load(tmp_path / "broken_map").metadata
+    north_a = dict(zip(a.place_id.tolist(), np.asarray(a.northing).tolist()))
+    moved = {int(p): round(n - north_a[int(p)], 3) for p, n in zip(b.place_id, np.asarray(b.northing))}
+    assert 6 not in moved and moved[2] == 0.5 and moved[4] == 1.0  # frame 8 -> 9, frame 16 -> 18 (17 is broken too)
+    assert all(v == 0.0 for k, v in moved.items() if k not in (2, 4))
+    stamps = dict(zip(b.place_id.tolist(), np.asarray(b.stamp_ns).tolist()))
+    assert stamps[2] == NS + 9 * NS // 10 and b.source[2].endswith(f"@{NS + 9 * NS // 10}")
+
+
+def test_gps_glitches_in_a_bag_do_not_move_places(tmp_path: Path) -> None:
+    from dsformer_ros.maps.placemap import PlaceMap
+
+    east, north = _drive_bag(tmp_path / "bag", glitches=(3, 4, 20, 33))
+    summary = _build(tmp_path / "bag", tmp_path / "map")
+    assert summary["fixes"]["fix_rejected_outlier"] + summary["fixes"]["fix_rejected_speed"] == 4
+    meta = PlaceMap.load(tmp_path / "map").metadata
+    assert np.abs(np.asarray(meta.easting) - E0).max() < 1.0
+    assert np.asarray(meta.northing).min() >= N0 - 1.0 and np.asarray(meta.northing).max() <= north[-1] + 1.0
+
+
+def test_a_bag_whose_image_stamps_are_all_zero_is_refused(tmp_path: Path) -> None:
+    _drive_bag(tmp_path / "bag", zero_stamps=True)
+    with pytest.raises(TrackError, match="all 40 image header stamps of /camera/image_raw in .* are 0"):
+        _build(tmp_path / "bag", tmp_path / "map")
+    assert not (tmp_path / "map").exists()

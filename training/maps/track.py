@@ -349,5 +349,21 @@ def select_keyframes(easting: np.ndarray, northing: np.ndarray, heading_deg: np.
     return np.asarray(keep, dtype=np.int64)
 
 
+def keyframe_alternates(easting: np.ndarray, northing: np.ndarray, keys: np.ndarray, spacing_m: float,
+                        max_per_key: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stand-ins for keyframes whose image may turn out undecodable: for each keyframe (`keys`, ascending indices
+    into frames in stamp order) the frames after it, before the next keyframe and less than `spacing_m` from it,
+    at most `max_per_key`. Returns (keyframe index, stand-in index) pairs, nearest in time first."""
+    pairs_key, pairs_alt = [], []
+    bounds = np.append(keys, easting.size)
+    for key, stop in zip(keys, bounds[1:]):
+        following = np.arange(key + 1, stop)
+        near = following[np.hypot(easting[following] - easting[key], northing[following] - northing[key]) < spacing_m]
+        near = near[:max_per_key]
+        pairs_key.extend([key] * near.size)
+        pairs_alt.extend(near.tolist())
+    return np.asarray(pairs_key, dtype=np.int64), np.asarray(pairs_alt, dtype=np.int64)
+
+
 def _counts_text(counts: dict) -> str:
     return ", ".join(f"{k}: {v}" for k, v in counts.items())
