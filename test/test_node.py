@@ -532,20 +532,28 @@ def test_lifecycle_transitions_and_compressed_input(assets: dict[str, Any], repo
         assert state() == State.PRIMARY_STATE_ACTIVE
         ros.wait_for(lambda: publisher.get_subscription_count() > 0, 30.0, "the subscription", node)
         jpeg = cv2.imencode(".jpg", assets["queries"][0][:, :, ::-1])[1].tobytes()
-        for sec, data in ((1, jpeg), (2, jpeg[: len(jpeg) // 2]), (3, b"\xff\xd8 not a jpeg \xff\xd9"), (4, jpeg)):
+        bomb = bytearray(jpeg)  # a small JPEG whose header claims 40000 x 40000 pixels
+        sof = bomb.find(b"\xff\xc0")
+        bomb[sof + 5 : sof + 9] = (40000).to_bytes(2, "big") * 2
+        payloads = ((1, jpeg, True), (2, jpeg[: len(jpeg) // 2], False), (3, b"\xff\xd8 not a jpeg \xff\xd9", False),
+                    (4, jpeg, True), (5, bytes(bomb), False), (6, jpeg + bytes(range(256)), True))  # 6: camera metadata
+        rejected = 0
+        for sec, data, good in payloads:
             msg = CompressedImage(format="jpeg", data=data)
             msg.header.stamp = stamp_of(sec)
             publisher.publish(msg)
-            if data is jpeg:
+            if good:
                 ros.wait_for(
                     lambda: stamped(ros.messages(f"{name}/candidates"), sec), ANSWER_TIMEOUT_S, f"JPEG {sec} answered", node
                 )
             else:
+                rejected += 1
                 ros.wait_for(
-                    lambda: (d := latest_diag(ros, name)) and int(d["frames_rejected"]) == sec - 1,
-                    ANSWER_TIMEOUT_S, "corrupt JPEG rejected", node,
+                    lambda: (d := latest_diag(ros, name)) and int(d["frames_rejected"]) == rejected,
+                    ANSWER_TIMEOUT_S, f"corrupt JPEG {sec} rejected", node,
                 )
-        assert not stamped(ros.messages(f"{name}/candidates"), 2) and not stamped(ros.messages(f"{name}/candidates"), 3)
+        assert not any(stamped(ros.messages(f"{name}/candidates"), sec) for sec in (2, 3, 5))
+        assert int(latest_diag(ros, name)["frames_failed"]) == 0
         assert change(Transition.TRANSITION_DEACTIVATE)
         assert state() == State.PRIMARY_STATE_INACTIVE
         ros.wait_for(lambda: publisher.get_subscription_count() == 0, 30.0, "the subscription to go away", node)
