@@ -638,18 +638,20 @@ def test_params_file_is_the_parameter_table():
 def test_declared_bounds_are_the_validated_bounds():
     """Every bounded parameter is refused just outside its declared range by the same table's validation."""
     from dsformer_ros.common.config import ConfigError
+    from dsformer_ros.common.params import specs
     from dsformer_ros.localization.localizer import LocalizerConfig
-    from dsformer_ros.ros.parameters import PARAMETERS, NodeSettings
+    from dsformer_ros.ros.parameters import GROUPS
 
-    base = {"checkpoint": "c.pt", "map_path": "m", "top_k": 1000}
-    for spec in PARAMETERS:
-        if spec.low is None:
-            continue
-        cls = NodeSettings if spec.name in NodeSettings.__dataclass_fields__ else LocalizerConfig
-        step = 1 if isinstance(spec.default, int) else 1e-6
-        for bad in (spec.low - step, spec.high + step):
-            kwargs = {**base, spec.name: bad} if cls is LocalizerConfig else {spec.name: bad}
-            with pytest.raises(ConfigError, match=spec.name):
-                cls(**kwargs).validate()
-        good = {**base, spec.name: spec.high} if cls is LocalizerConfig else {spec.name: spec.high}
-        cls(**good).validate()
+    required = {LocalizerConfig: {"map_path": "m", "top_k": 1000}}
+    checked = 0
+    for group in GROUPS:
+        for spec in specs(group):
+            if spec.low is None:
+                continue
+            step = 1 if isinstance(spec.default, int) else 1e-6
+            for bad in (spec.low - step, spec.high + step):
+                with pytest.raises(ConfigError, match=spec.name):
+                    group(**{**required.get(group, {}), spec.name: bad}).validate()
+            group(**{**required.get(group, {}), spec.name: spec.high}).validate()
+            checked += 1
+    assert checked >= 12

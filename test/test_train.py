@@ -166,7 +166,7 @@ def test_epoch_plan_is_deterministic_and_shards_cover_it() -> None:
 def _recall_at_1(model: torch.nn.Module, corridor: Path) -> float:
     dataset = open_dataset(DatasetConfig(format="folders", root=str(corridor)))
     cfg = EvalConfig(dataset=DatasetConfig(format="folders", root=str(corridor)), recall_ns=(1,), top_k=1,
-                     out_dir="unused", use_cache=False, figures=False)
+                     out="unused", use_cache=False, figures=False)
     section = evaluate_method(DescriptorExtractor(model), dataset, cfg, cache_dir=None)
     return float(section["recall"]["1"])
 

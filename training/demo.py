@@ -117,7 +117,7 @@ class Steps:
         return out
 
 
-def _drive(cfg: DemoConfig, out: Path, reuse: bool, **fields: Any) -> str:
+def _drive(cfg: DemoConfig, reuse: bool, **fields: Any) -> str:
     """Render one drive unless `reuse` and its output exists; returns what it wrote."""
     target = Path(fields.get("out") or fields["export_at"])
     if reuse and target.exists():
@@ -135,14 +135,14 @@ def make_drives(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     """Training '@' folders (one per condition), the mapping bag and the query bag."""
     train_dirs = []
     for k, condition in enumerate(cfg.train_conditions):
-        train_dirs.append(_drive(cfg, out, cfg.reuse, route="random", route_seed=cfg.route_seed + 100 + k,
+        train_dirs.append(_drive(cfg, cfg.reuse, route="random", route_seed=cfg.route_seed + 100 + k,
                                  condition=condition, lane_offset_m=1.75 if k % 2 == 0 else -1.75,
                                  length_m=cfg.train_length_m, fps=cfg.train_fps, drive_seed=100 + k,
                                  export_at=str(out / "train_images" / condition)))
-    mapping = _drive(cfg, out, cfg.reuse, route="random", route_seed=cfg.route_seed, condition=cfg.map_condition,
+    mapping = _drive(cfg, cfg.reuse, route="random", route_seed=cfg.route_seed, condition=cfg.map_condition,
                      lane_offset_m=1.75, length_m=cfg.route_length_m, fps=cfg.map_fps, drive_seed=1,
                      out=str(out / "bags" / f"mapping_{cfg.map_condition}"))
-    query = _drive(cfg, out, cfg.reuse, route="random", route_seed=cfg.route_seed, condition=cfg.query_condition,
+    query = _drive(cfg, cfg.reuse, route="random", route_seed=cfg.route_seed, condition=cfg.query_condition,
                    lane_offset_m=cfg.query_lane_offset_m, length_m=cfg.route_length_m, fps=cfg.query_fps, drive_seed=2,
                    start_time_s=1_700_003_600.0, out=str(out / "bags" / f"query_{cfg.query_condition}"))
     return {"train_dirs": train_dirs, "mapping_bag": mapping, "query_bag": query}
