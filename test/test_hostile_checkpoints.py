@@ -156,12 +156,21 @@ def test_damaged_checkpoint_bytes_read_or_are_a_checkpoint_error(tmp_path: Path,
 
 
 def test_one_guarded_torch_load_for_every_reader(tmp_path: Path) -> None:
+    """Checkpoints, pretrained backbones and training resume states share the bounded, weights-only loader."""
+    from training.train.state import ResumeError, load_state
+
+    bomb = _bomb(tmp_path / "state.pt", 64 << 20)
+    with pytest.raises(ResumeError, match="resume state .* zip bomb"):
+        load_state(bomb)
+    (tmp_path / "text.pt").write_text("not torch")
+    with pytest.raises(ResumeError, match=f"resume state {tmp_path / 'text.pt'} cannot be read"):
+        load_state(tmp_path / "text.pt")
+
     class Boom(ValueError):
         pass
 
-    (tmp_path / "text.pt").write_text("not torch")
-    with pytest.raises(Boom, match=f"resume state {tmp_path / 'text.pt'} cannot be read"):
-        load_torch_file(tmp_path / "text.pt", "resume state", Boom)
+    with pytest.raises(Boom, match="thing .* cannot be read"):
+        load_torch_file(tmp_path / "text.pt", "thing", Boom)
 
 
 def test_nan_descriptors_never_leave_the_extractor() -> None:

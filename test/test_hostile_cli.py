@@ -161,3 +161,18 @@ def test_overrides_that_are_not_yaml_values(paths, capsys, override: str) -> Non
 
 def test_deep_config_file(paths, capsys) -> None:
     _fails_cleanly(["synth", "--config", str(paths["deep.yaml"])], capsys, "nested too deeply")
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (["build-map", "<adir>", "--method", "raw_pixels", "--out", "<afile>"], "exists and is not a directory"),
+    (["build-map", "<adir>", "--method", "raw_pixels", "--out", "<afile>/map"], "is a file, not a directory"),
+    (["build-map", "<adir>", "--device", "cuda:abc", "--out", "<root>/map"], "'cuda:abc' is not auto"),
+    (["bench-map", "--sizes", "100", "--out", "<afile>/x"], "is a file, not a directory"),
+    (["partition", "--synthetic", "100", "--out", "<afile>/x"], "Not a directory: "),
+    (["partition", "--synthetic", "100", "--out", "<afile>"], "File exists: "),
+])
+def test_outputs_the_system_refuses_are_one_line(paths, capsys, argv: list[str], match: str) -> None:
+    """Paths the operating system refuses reach the dispatcher as OSError: one line with the reason and the path."""
+    filled = [a.replace("<afile>", str(paths["afile"])).replace("<adir>", str(paths["adir"]))
+              .replace("<root>", str(paths["root"])) for a in argv]
+    _fails_cleanly(filled, capsys, match)
