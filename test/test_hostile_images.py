@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from dsformer_ros.inference.image_codec import (
@@ -68,8 +68,12 @@ def _accepts_or_refuses(decode) -> np.ndarray | None:
     """Run a decode: an RGB image or None for ImageDecodeError; any other exception fails the test."""
     try:
         out = decode()
-    except ImageDecodeError:
+    except ImageDecodeError as exc:
+        text = str(exc)
+        kind = "pixel limit" if "above the limit" in text else "zero size" if "zero size" in text else text.split()[:2]
+        event(f"refused: {' '.join(kind) if isinstance(kind, list) else kind}")
         return None
+    event("decoded")
     assert isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
     return out
 
@@ -186,7 +190,9 @@ def test_mutated_compressed_payloads_decode_or_raise_image_decode_error(base: st
 
 
 @FUZZ
-@given(fmt=st.text(max_size=30), data=st.binary(max_size=512))
+@given(fmt=st.one_of(st.sampled_from(["jpeg", "png", "rgb8; jpeg compressed bgr8"]), st.text(max_size=30)),
+       data=st.one_of(st.binary(max_size=512), st.binary(max_size=512).map(lambda b: b"\xff\xd8\xff" + b),
+                      st.binary(max_size=512).map(lambda b: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + b)))
 def test_random_compressed_messages_raise_image_decode_error(fmt: str, data: bytes) -> None:
     assert _accepts_or_refuses(lambda: decode_compressed(fmt, data, max_pixels=SMALL_LIMIT)) is None
 

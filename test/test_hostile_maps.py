@@ -12,7 +12,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from dsformer_ros.common.config import to_dict
@@ -86,9 +86,12 @@ def _rehash(path: Path, *names: str) -> None:
 
 def _loads_or_map_error(path: Path, **kwargs) -> PlaceMap | None:
     try:
-        return PlaceMap.load(path, **kwargs)
+        loaded = PlaceMap.load(path, **kwargs)
     except MapError:
+        event("refused")
         return None
+    event("loaded")
+    return loaded
 
 
 def test_non_utf8_manifest_names_the_file(map_dir: Path) -> None:
