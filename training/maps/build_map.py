@@ -62,7 +62,7 @@ UNREADABLE = "unreadable_message"
 DECODE_ERROR = "image_decode_error"
 BETWEEN_KEYFRAMES = "between_keyframes"
 _MAX_LOGGED_ERRORS = 10
-MAX_ALTERNATES = 8  # frames kept per keyframe to stand in for it when its image cannot be decoded
+MAX_ALTERNATES = 3  # frames kept per keyframe to stand in for it when its image cannot be decoded (plan size)
 METHODS = ("dsformer", "raw_pixels")
 
 
@@ -193,21 +193,20 @@ class Plan:
         columns = {"easting": self.easting[rows], "northing": self.northing[rows], "lat": self.lat[rows],
                    "lon": self.lon[rows], "heading_deg": self.heading_deg[rows], "stamp_ns": self.stamp_ns[rows],
                    "source": self.source[rows]}
-        for i, row in enumerate(rows.tolist()):
-            alt = (stand_ins or {}).get(row)
-            if alt is not None:
-                for k, name in enumerate(("easting", "northing", "lat", "lon", "heading_deg")):
-                    columns[name][i] = self.alt_floats[alt, k]
-                columns["stamp_ns"][i] = self.alt_ints[alt, 3]
-                columns["source"][i] = self.source[row].rsplit("@", 1)[0] + f"@{int(self.alt_ints[alt, 3])}"
+        stand_ins = stand_ins or {}
+        for i in np.flatnonzero(np.isin(rows, list(stand_ins))):
+            row, alt = int(rows[i]), stand_ins[int(rows[i])]
+            for k, name in enumerate(("easting", "northing", "lat", "lon", "heading_deg")):
+                columns[name][i] = self.alt_floats[alt, k]
+            columns["stamp_ns"][i] = self.alt_ints[alt, 3]
+            columns["source"][i] = self.source[row].rsplit("@", 1)[0] + f"@{int(self.alt_ints[alt, 3])}"
         return PlaceMetadata(place_id=self.place_id[rows], zone_number=np.full(n, self.zone_number, dtype=np.int64),
                              zone_letter=np.full(n, self.zone_letter), **columns)
 
-    def alternates_of(self, rows: np.ndarray) -> dict[int, tuple[int, int]]:
-        """Stream index -> (plan row, alternate number) of the stand-ins of `rows`."""
-        wanted = set(rows.tolist())
-        return {int(self.alt_ints[a, 1]): (int(self.alt_ints[a, 0]), a)
-                for a in range(self.alt_ints.shape[0]) if int(self.alt_ints[a, 0]) in wanted}
+    def stand_ins(self, row: int) -> np.ndarray:
+        """Alternate numbers of the stand-ins of keyframe `row`, in stream order (alternates are sorted by row)."""
+        lo, hi = np.searchsorted(self.alt_ints[:, 0], [row, row + 1])
+        return np.arange(lo, hi)
 
 
 def _savez(path: Path, **arrays: np.ndarray) -> None:
@@ -291,6 +290,8 @@ def plan_bag(cfg: BuildMapConfig, reader: DriveLogReader) -> Plan:
     }
     src = str(path.resolve())
     source = np.array([f"bag:{src}#{cfg.image_topic}@{int(s)}" for s in stamps_a[keys]])
+    alt_order = np.lexsort((alt_frame, np.searchsorted(keys, alt_key)))  # by keyframe row, then stream order
+    alt_key, alt_frame = alt_key[alt_order], alt_frame[alt_order]
     alt_ints = np.column_stack([np.searchsorted(keys, alt_key), alt_frame, bag_a[alt_frame], stamps_a[alt_frame]])
     alt_floats = np.column_stack([positions.easting[alt_frame], positions.northing[alt_frame],
                                   positions.lat[alt_frame], positions.lon[alt_frame], positions.heading_deg[alt_frame]])
@@ -393,36 +394,41 @@ def _frames(cfg: BuildMapConfig, reader: DriveLogReader | None, plan: Plan, rows
                 yield int(r), f"{DECODE_ERROR}: {exc}", -1
         return
     wanted = {int(plan.stream_index[r]): int(r) for r in rows}
-    stand_ins = plan.alternates_of(rows)
-    left = collections.Counter(row for row, _ in stand_ins.values())  # stand-ins not yet streamed, per row
-    failed: dict[int, str] = {}  # keyframes that failed to decode, waiting for a stand-in
-    times = np.concatenate([plan.bag_time_ns[rows], plan.alt_ints[[a for _, a in stand_ins.values()], 2]])
+    own = np.isin(plan.alt_ints[:, 0], rows)  # the stand-ins these rows may need
+    times = np.concatenate([plan.bag_time_ns[rows], plan.alt_ints[own, 2]])
     start, stop, first_index = None, None, 0
     if (np.diff(plan.frame_bag_times) >= 0).all():  # bag order is time order: read only the needed time range
         start, stop = int(times.min()), int(times.max()) + 1
         first_index = int(np.searchsorted(plan.frame_bag_times, start, side="left"))
-    last = max([int(plan.stream_index[rows].max()), *stand_ins])
+    last = int(np.concatenate([plan.stream_index[rows], plan.alt_ints[own, 1]]).max())
+    failed: dict[int, str] = {}  # keyframes that failed to decode, waiting for a stand-in
+    left: collections.Counter = collections.Counter()  # stand-ins of a failed keyframe not yet streamed
+    stand_ins: dict[int, tuple[int, int]] = {}  # stream index -> (failed row, alternate), only for failed rows
     for frame in reader.image_frames(cfg.image_topic, start, stop, first_index):
         row = wanted.pop(frame.index, None)
         if row is not None:
             try:
                 yield row, frame.decode(), -1
             except ImageDecodeError as exc:
-                failed[row] = f"{DECODE_ERROR}: {exc}"
+                alts = plan.stand_ins(row)
+                if alts.size:
+                    failed[row], left[row] = f"{DECODE_ERROR}: {exc}", int(alts.size)
+                    stand_ins.update({int(plan.alt_ints[a, 1]): (row, int(a)) for a in alts})
+                else:
+                    yield row, f"{DECODE_ERROR}: {exc}", -1
+        if frame.index in stand_ins:
+            row, alt = stand_ins.pop(frame.index)
+            left[row] -= 1
+            try:
+                image = frame.decode()
+            except ImageDecodeError:
                 if not left[row]:
                     yield row, failed.pop(row), -1
-        if frame.index in stand_ins:
-            row, alt = stand_ins[frame.index]
-            left[row] -= 1
-            if row in failed:
-                try:
-                    image = frame.decode()
-                except ImageDecodeError:
-                    if not left[row]:
-                        yield row, failed.pop(row), -1
-                else:
-                    failed.pop(row)
-                    yield row, image, alt
+            else:
+                failed.pop(row)
+                for other in plan.stand_ins(row):  # the row is done: its later stand-ins are not needed
+                    stand_ins.pop(int(plan.alt_ints[other, 1]), None)
+                yield row, image, alt
         if frame.index >= last:
             break
     for row, error in failed.items():
