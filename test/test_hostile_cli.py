@@ -176,3 +176,12 @@ def test_outputs_the_system_refuses_are_one_line(paths, capsys, argv: list[str],
     filled = [a.replace("<afile>", str(paths["afile"])).replace("<adir>", str(paths["adir"]))
               .replace("<root>", str(paths["root"])) for a in argv]
     _fails_cleanly(filled, capsys, match)
+
+
+def test_describe_with_a_nan_checkpoint_writes_nothing(paths, capsys, tmp_path) -> None:
+    import torch
+
+    torch.save({"backbone.effnet._conv_stem.weight": torch.full((4, 3, 3, 3), float("nan"))}, tmp_path / "nan.pth")
+    _fails_cleanly(["describe", str(paths["image.jpg"]), "--out", str(tmp_path / "o.npy"), "--device", "cpu",
+                    "--checkpoint", str(tmp_path / "nan.pth")], capsys, "non-finite value(s) (NaN or inf)")
+    assert not (tmp_path / "o.npy").exists()
