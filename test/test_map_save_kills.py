@@ -77,20 +77,21 @@ def test_a_kill_at_every_step_of_a_save_leaves_the_old_or_the_new_map(tmp_path: 
     old, new, later = _map(1), _map(2), _map(3)
     target = tmp_path / "map"
     old.save(target)
-    old.save(tmp_path / "probe")
-    total = _save_steps(new, tmp_path / "probe", -1)  # the steps of replacing an existing map
-    assert total > 20
-    outcomes = {"seed1": 0, "seed2": 0}
-    for kill_at in range(1, total + 1):
+    total = _save_steps(new, target, -1)  # the steps of replacing an existing map, from a clean directory
+    assert total > 100
+    outcomes = []
+    # every sixth step while the new copy is written, every step of the last 45 (fsync, swap, clean-up)
+    kill_points = sorted(set(range(1, total + 1, 6)) | set(range(max(1, total - 45), total + 1)))
+    for kill_at in kill_points:
+        old.save(target)  # the old map and no leftovers: each kill point is the same instant of the same save
         assert _save_steps(new, target, kill_at) == -signal.SIGKILL
-        found = _which(target)  # never missing, never half written
-        outcomes[found] += 1
-        if found == "seed2":
-            old.save(target)  # back to the old map for the next kill point; also cleans the leftovers
-    assert outcomes["seed1"] > 0 and outcomes["seed2"] > 0, outcomes
+        outcomes.append(_which(target))  # never missing, never half written
+    swap = outcomes.index("seed2")
+    assert set(outcomes[:swap]) == {"seed1"} and set(outcomes[swap:]) == {"seed2"}, outcomes
+    assert kill_points[swap] > total * 3 // 4  # most of a save writes the new copy; the swap comes near the end
     later.save(target)
     assert _which(target) == "seed3" and leftovers(target) == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["map", "probe"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map"]
 
 
 _LOOP = textwrap.dedent("""
