@@ -4,9 +4,11 @@ ros2 launch dsformer_ros vpr.launch.py params_file:=/path/vpr.yaml namespace:=ro
     image_topic:=/camera/image_raw/compressed input_type:=compressed
 All behaviour lives in the node; this file only passes parameters and drives the lifecycle (configure, then
 activate once the node reports 'inactive'). The node's own autostart is turned off here to avoid a double start.
+When configure fails (or any transition errors) the node logs the reason and the launch ends instead of waiting for
+ever with an unconfigured node.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, RegisterEventHandler, Shutdown
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode
@@ -65,4 +67,18 @@ def generate_launch_description() -> LaunchDescription:
             ],
         )
     )
-    return LaunchDescription([*arguments, node, activate_when_inactive, configure])
+    end_when_unconfigured = [
+        RegisterEventHandler(
+            OnStateTransition(
+                target_lifecycle_node=node,
+                start_state=start_state,
+                goal_state="unconfigured",
+                entities=[
+                    LogInfo(msg=f"vpr_node: {what} (the reason is in the node's error line above); ending the launch"),
+                    Shutdown(reason=f"vpr_node: {what}"),
+                ],
+            )
+        )
+        for start_state, what in (("configuring", "configure failed"), ("errorprocessing", "a transition failed"))
+    ]
+    return LaunchDescription([*arguments, node, activate_when_inactive, *end_when_unconfigured, configure])

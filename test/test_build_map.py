@@ -1,4 +1,4 @@
-"""build-map / merge-maps on real bags (MCAP, sqlite3, ROS 1; raw and JPEG images) written from corridor images."""
+"""build-map / merge-maps on real bags (MCAP, sqlite3, ROS 1; raw and JPEG images) of synthetic street frames."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +16,6 @@ import pytest
 from dsformer_ros.common.utm import latlon_to_utm, utm_to_latlon
 from dsformer_ros.inference.extractor import DescriptorExtractor
 from dsformer_ros.inference.image_codec import decode_compressed
-from dsformer_ros.inference.preprocess import read_image
 from dsformer_ros.maps.placemap import PlaceMap
 from dsformer_ros.model.checkpoint import save_checkpoint
 from dsformer_ros.model.dsformer import preset
@@ -37,10 +36,6 @@ E0, N0 = float(E0), float(N0)
 NO_FIX_WINDOW = (3 * NS // 2, 3 * NS)  # fixes strictly inside are NO_FIX: frames 1.6-1.9 s and 2.6-2.9 s lack a fix
 MAX_GAP_S = 1.0
 SMALL_INPUT = (96, 128)  # a small model input keeps the tests fast on a busy 2-core machine
-
-
-def _images(corridor: Path, n: int) -> list[np.ndarray]:
-    return [read_image(p) for p in sorted((corridor / "ref").glob("*.jpg"))[:n]]
 
 
 def _true_east(stamp_ns: int) -> float:
@@ -103,8 +98,9 @@ def _config(checkpoint):
 
 
 @pytest.fixture(scope="module")
-def images(corridor: Path) -> list[np.ndarray]:
-    return _images(corridor, 40)
+def images(street_frames: list[np.ndarray]) -> list[np.ndarray]:
+    """40 consecutive 160x120 frames of one synthetic drive (1 m apart)."""
+    return street_frames[:40]
 
 
 @pytest.fixture(scope="module")

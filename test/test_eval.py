@@ -1,4 +1,5 @@
-"""Recall@N evaluation: recall maths, ground truth, the data set readers, baselines on corridor, report, figures, cache."""
+"""Recall@N evaluation: recall maths, ground truth, the data set readers, exact recalls on a constructed data set, the
+baselines on real imagery (corridor, Gardens Point), report, figures, cache."""
 from __future__ import annotations
 
 import json
@@ -59,8 +60,8 @@ def test_positives_by_radius_respect_distance_and_zone_groups() -> None:
     assert [p.tolist() for p in frames] == [[0, 1, 2, 3], [4], []]
 
 
-def test_at_reader_and_geotagged_report(corridor: Path, tmp_path: Path) -> None:
-    images = sorted((corridor / "ref").glob("*.jpg"))
+def test_at_reader_and_geotagged_report(traversals: Path, tmp_path: Path) -> None:
+    images = sorted((traversals / "ref").glob("*.jpg"))
     root = tmp_path / "mini_at"
     for part, offset, count in (("database", 0.0, 12), ("queries", 3.0, 6)):
         folder = root / "test" / part
@@ -87,17 +88,23 @@ def test_at_reader_and_geotagged_report(corridor: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "out" / "report.json").read_text())["methods"]["raw_pixels"]["queries"] == 6
 
 
-def test_index_folders_without_ground_truth_match_by_index(gardens_point: Path) -> None:
-    dataset = read_index_folders(gardens_point)
+def test_index_folders_without_ground_truth_match_by_index(traversals: Path, tmp_path: Path) -> None:
+    root = tmp_path / "pairs"  # ten image pairs named by index, like gardens_point_mini: no ground_truth.csv
+    for part in ("ref", "query"):
+        (root / part).mkdir(parents=True)
+        for i in (9, 10, 2, 1, 3, 4, 5, 6, 7, 8):  # written out of order; numerically 10 comes after 9, not after 1
+            shutil.copy(traversals / part / f"{i * 10:07d}.jpg", root / part / f"{i}.jpg")
+    dataset = read_index_folders(root)
     assert len(dataset.database_paths) == len(dataset.query_paths) == 10
+    assert [p.name for p in dataset.database_paths] == [f"{i}.jpg" for i in range(1, 11)]
     assert [p.tolist() for p in dataset.positives] == [[i] for i in range(10)]
-    wide = open_dataset(DatasetConfig(format="folders", root=str(gardens_point), frame_tolerance=1))
+    wide = open_dataset(DatasetConfig(format="folders", root=str(root), frame_tolerance=1))
     assert wide.positives[0].tolist() == [0, 1] and wide.positives[5].tolist() == [4, 5, 6]
     assert "query i matches ref i" in dataset.description
 
 
-def test_nordland_frames_and_errors(corridor: Path, tmp_path: Path) -> None:
-    images = sorted((corridor / "ref").glob("*.jpg"))
+def test_nordland_frames_and_errors(traversals: Path, tmp_path: Path) -> None:
+    images = sorted((traversals / "ref").glob("*.jpg"))
     for season, frames in (("summer", range(0, 20)), ("winter", (3, 10, 40))):
         (tmp_path / season).mkdir()
         for f in frames:
@@ -124,8 +131,8 @@ def _write_msls_part(folder: Path, image: Path, rows: list[tuple[str, float, flo
     (folder / "raw.csv").write_text("\n".join(raw) + "\n")
 
 
-def test_msls_reader_excludes_panoramas_and_keeps_cities_apart(corridor: Path, tmp_path: Path) -> None:
-    image = corridor / "ref" / "0000000.jpg"
+def test_msls_reader_excludes_panoramas_and_keeps_cities_apart(traversals: Path, tmp_path: Path) -> None:
+    image = traversals / "ref" / "0000000.jpg"
     base = tmp_path / "train_val"
     _write_msls_part(base / "cph" / "database", image, [("c0", 100.0, 200.0, False), ("c1", 150.0, 200.0, True)], 55.7, 12.5)
     _write_msls_part(base / "cph" / "query", image, [("cq", 110.0, 200.0, False)], 55.7, 12.5)
@@ -172,19 +179,83 @@ def test_corridor_protocol_baselines_report_and_cache(corridor: Path, tmp_path: 
     _png_ok(tmp_path / "raw_pixels" / "queries_strip.png")
 
 
+def _check_ranking(result: dict, positives: list[list[int]], n_db: int) -> None:
+    """Each query's reported ranking is a ranking of the database, and recall and first correct ranks follow from it."""
+    for entry, pos in zip(result["per_query"], positives):
+        ranking = entry["top_k"]
+        assert len(set(ranking)) == len(ranking) and all(0 <= r < n_db for r in ranking), ranking
+        assert entry["scores"] == sorted(entry["scores"], reverse=True), "best first"
+        hits = [rank for rank, r in enumerate(ranking) if r in pos]
+        assert entry["first_correct_rank"] == (hits[0] if hits else -1)
+        assert entry["num_positives"] == len(pos)
+    for n, value in result["recall"].items():
+        found = sum(0 <= e["first_correct_rank"] < int(n) for e in result["per_query"])
+        assert value == pytest.approx(found / len(positives)), (n, value)
+
+
+def _blocks(seed: int) -> np.ndarray:
+    """A 120x160 image of 5x5-pixel random blocks: exact at the raw-pixel baseline's 24x32, unlike any street."""
+    blocks = np.random.default_rng(seed).integers(0, 256, size=(24, 32, 3)).astype(np.float64)
+    return np.kron(blocks, np.ones((5, 5, 1)))
+
+
+def test_eval_cli_exact_recalls_on_a_constructed_dataset(traversals: Path, tmp_path: Path) -> None:
+    """Queries with known answers: copies of database images in shuffled order, a blend of two random images whose
+    correct place is the weaker component (rank 2 for raw pixels), and a place outside the map (no positives)."""
+    street = sorted((traversals / "ref").glob("*.jpg"))[::11][:8]  # 8 places 11 m apart
+    root = tmp_path / "constructed"
+    (root / "ref").mkdir(parents=True)
+    (root / "query").mkdir()
+    for i, path in enumerate(street):
+        shutil.copy(path, root / "ref" / f"{i:07d}.jpg")
+    for i, seed in ((8, 1), (9, 2)):
+        cv2.imwrite(str(root / "ref" / f"{i:07d}.png"), _blocks(seed).astype(np.uint8))
+    copies = [5, 2, 7, 0, 3, 6]  # query i is a byte copy of database image copies[i]
+    for q, i in enumerate(copies):
+        shutil.copy(root / "ref" / f"{i:07d}.jpg", root / "query" / f"{q:07d}.jpg")
+    cv2.imwrite(str(root / "query" / "0000006.png"), (0.7 * _blocks(1) + 0.3 * _blocks(2)).round().astype(np.uint8))
+    shutil.copy(sorted((traversals / "query").glob("*.jpg"))[-1], root / "query" / "0000007.jpg")
+    positives = [[i] for i in copies] + [[9], []]
+    rows = "".join(f"{q},{' '.join(map(str, p))}\n" for q, p in enumerate(positives))
+    (root / "ground_truth.csv").write_text("query_index,correct_ref_indices\n" + rows)
+    out = tmp_path / "out"
+    code = cli_main(["eval", "--dataset-root", str(root), "--dataset-format", "folders", "--baselines",
+                     "--device", "cpu", "--out", str(out), "--set", "recall_ns=[1,2,5]", "--set", "top_k=10",
+                     "--set", "use_cache=false"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["methods"]) == ["dsformer", "raw_pixels", "backbone_gem"]
+    assert report["dataset"]["database_images"] == 10 and report["dataset"]["queries"] == 8
+    for name, result in report["methods"].items():
+        _check_ranking(result, positives, 10)
+        assert result["queries_without_positives"] == 1
+        assert [e["top_k"][0] for e in result["per_query"][:6]] == copies, name  # a copy finds its original first
+        assert all(e["scores"][0] == pytest.approx(1.0, abs=1e-4) for e in result["per_query"][:6]), name
+        assert result["per_query"][7]["first_correct_rank"] == -1
+    raw = report["methods"]["raw_pixels"]
+    assert raw["per_query"][6]["top_k"][:2] == [8, 9]
+    assert raw["recall"] == {"1": pytest.approx(6 / 8), "2": pytest.approx(7 / 8), "5": pytest.approx(7 / 8)}
+    assert raw["recall_queries_with_positives"]["2"] == pytest.approx(1.0)
+    _png_ok(out / "recall_at_n.png")
+
+
 def test_eval_cli_with_baselines_on_gardens_point(gardens_point: Path, tmp_path: Path) -> None:
+    """Day queries against night references (real imagery): hard for every untrained method."""
     out = tmp_path / "gp"
     code = cli_main(
         ["eval", "--dataset-root", str(gardens_point), "--dataset-format", "folders", "--baselines", "--device", "cpu",
-         "--out", str(out), "--set", "recall_ns=[1,5,10]", "--set", "top_k=5"]
+         "--out", str(out), "--set", "recall_ns=[1,5]", "--set", "top_k=10"]
     )
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert list(report["methods"]) == ["dsformer", "raw_pixels", "backbone_gem"]
     for result in report["methods"].values():
-        assert set(result["recall"]) == {"1", "5", "10"}
-        assert result["recall"]["10"] == 1.0  # ten database images: every query's match is in the top 10
-        assert len(result["per_query"][0]["top_k"]) == 5
+        assert set(result["recall"]) == {"1", "5"}
+        _check_ranking(result, [[i] for i in range(10)], 10)
+        assert sorted(result["per_query"][0]["top_k"]) == list(range(10))  # the whole database, ranked
+        assert result["recall"]["1"] <= 0.5  # day against night: no untrained method finds most places first
+    # the raw-pixel baseline is deterministic: 2 of 10 places first, 7 of 10 in the top 5 (../shared/data/README.md)
+    assert report["methods"]["raw_pixels"]["recall"] == {"1": pytest.approx(0.2), "5": pytest.approx(0.7)}
     assert report["methods"]["dsformer"]["descriptor_dim"] == 256
     _png_ok(out / "recall_at_n.png")
 

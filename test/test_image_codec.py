@@ -1,4 +1,4 @@
-"""decode_image / decode_compressed / decode_image_msg on real corridor images and damaged payloads."""
+"""decode_image / decode_compressed / decode_image_msg on real (rendered) street images and damaged payloads."""
 from __future__ import annotations
 
 import array
@@ -14,8 +14,8 @@ from dsformer_ros.inference.preprocess import read_image
 
 
 @pytest.fixture(scope="module")
-def rgb(corridor: Path) -> np.ndarray:
-    return read_image(corridor / "ref" / "0000000.jpg")
+def rgb(traversals: Path) -> np.ndarray:
+    return read_image(traversals / "ref" / "0000000.jpg")
 
 
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8"])

@@ -1,8 +1,8 @@
 """The VPR node as a user runs it: a separate process started with `--ros-args --params-file`, real DDS on loopback.
 
-A map is built from corridor ref/ (every second image, on a fake straight track: easting = image index in metres)
-with the untrained EfficientNet-Lite0 DSFormer saved as a checkpoint file; queries from query/ are published as
-real sensor_msgs/Image (and CompressedImage) messages by an rclpy node in this process.
+A map is built from the synthetic traversals' ref/ (conftest.py; every second image, on a fake straight track:
+easting = image index in metres) with the untrained EfficientNet-Lite0 DSFormer saved as a checkpoint file; queries
+from query/ are published as real sensor_msgs/Image (and CompressedImage) messages by an rclpy node in this process.
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ EASTING0 = 500_000.0
 NORTHING0 = 5_000_000.0
 TOP_K = 5
 AGREEMENT_RADIUS_M = 4.5
+TEMPORAL_RADIUS_M = 3.0
 MIN_AGREEING = 2
 QUERY_INDICES = list(range(3, 111, 9))
 START_TIMEOUT_S = 240.0
@@ -225,14 +226,14 @@ def write_params(path: Path, repo_root: Path, **values: Any) -> Path:
 
 # --------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory, corridor: Path, repo_root: Path) -> dict[str, Any]:
+def assets(tmp_path_factory: pytest.TempPathFactory, traversals: Path, repo_root: Path) -> dict[str, Any]:
     """Checkpoint, map (every second ref image, 1 m per image along easting, heading east), queries and expectations."""
     out = tmp_path_factory.mktemp("vpr_node")
     sha = save_checkpoint(out / "model.pt", load_model(device="cpu"), {"source": "untrained, test_node"})
     other_sha = save_checkpoint(out / "other.pt", load_model(device="cpu", seed=1), {"source": "other seed"})
     model = load_model(out / "model.pt", device="cpu")
     extractor = DescriptorExtractor(model)
-    refs = sorted((corridor / "ref").glob("*.jpg"))[::2]
+    refs = sorted((traversals / "ref").glob("*.jpg"))[::2]
     ref_index = np.array([int(p.stem) for p in refs])
     n = len(refs)
     metadata = PlaceMetadata(
@@ -245,7 +246,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory, corridor: Path, repo_root: 
         lon=np.full(n, 9.0),
         heading_deg=np.full(n, 90.0),
         stamp_ns=ref_index * 1_000_000_000,
-        source=np.array(["corridor/ref"] * n),
+        source=np.array(["traversals/ref"] * n),
     )
     place_map = PlaceMap.build(
         extractor.describe_paths(refs),
@@ -256,10 +257,10 @@ def assets(tmp_path_factory: pytest.TempPathFactory, corridor: Path, repo_root: 
         build_info={"source": "test_node"},
     )
     place_map.save(out / "map")
-    queries = [read_image(corridor / "query" / f"{i:07d}.jpg") for i in QUERY_INDICES]
+    queries = [read_image(traversals / "query" / f"{i:07d}.jpg") for i in QUERY_INDICES]
     expected = place_map.search(extractor.describe(queries), TOP_K)
     best = expected.scores[:, 0].astype(np.float64)
-    with open(corridor / "ground_truth.csv") as fh:
+    with open(traversals / "ground_truth.csv") as fh:
         truth = {int(r["query_index"]): {int(x) for x in r["correct_ref_indices"].split()} for r in csv.DictReader(fh)}
     return {
         "dir": out,
@@ -449,7 +450,7 @@ def test_malformed_frames_are_counted_and_the_next_good_frame_is_answered(
 def test_30hz_stream_keeps_up_by_dropping_with_flat_memory(
     assets: dict[str, Any], client: RosClient, running: dict[str, Any]
 ) -> None:
-    """A 30 Hz stream: old frames are dropped, the newest is answered promptly, memory stays flat."""
+    """A 30 Hz stream: frames beyond what the model can run are dropped, the newest answered promptly, flat memory."""
     node = running["node"]
     previous = client.messages(f"{NODE}/candidates")[-1][1].header.stamp.sec
     before = client.wait_for(lambda: settled_diag(client, previous), ANSWER_TIMEOUT_S, "idle diagnostics")
@@ -474,29 +475,32 @@ def test_30hz_stream_keeps_up_by_dropping_with_flat_memory(
     answered = [m.header.stamp.sec for _, m in client.messages(f"{NODE}/candidates") if m.header.stamp.sec >= 5000]
     assert answered == sorted(answered) and answered[-1] == last_sec
     delta = {k: int(after[f"frames_{k}"]) - int(before[f"frames_{k}"]) for k in ("received", "processed", "dropped")}
-    received, dropped = delta["received"], delta["dropped"]
+    received, processed, dropped = delta["received"], delta["processed"], delta["dropped"]
     assert received >= 0.9 * count, f"only {received} of {count} frames reached the node"
-    assert delta["processed"] == len(answered) and dropped + len(answered) == received
+    assert processed == len(answered) and dropped + processed == received
     model_ms = float(after["model_ms_p50"])
-    if model_ms > 1000.0 / rate_hz:
-        assert dropped > 0
+    # Whatever the model's speed: the worker never idles while a frame waits, and cannot run more frames than the
+    # stream's time allows; so it drops frames exactly when the stream outpaces it (and none when it is faster).
+    busy_ms = model_ms + float(after["search_ms_p50"]) + float(after["decode_ms_p50"])
+    capacity = (arrived - start) * 1000.0 / busy_ms
+    assert processed >= min(0.9 * received, 0.5 * capacity), (
+        f"{processed} of {received} frames processed, the worker could run {capacity:.0f}: it dropped needlessly")
+    assert processed <= 2.0 * capacity + 2, (
+        f"{processed} frames processed at {busy_ms:.0f} ms each in {arrived - start:.1f} s: frames were not dropped")
     wait_s = arrived - last_sent
     assert wait_s < 2 * (model_ms / 1000.0) + 5.0, f"newest frame answered after {wait_s:.1f} s: the node fell behind"
     early, late = max(rss[: len(rss) // 3]), max(rss[-len(rss) // 3 :])
     print(f"\nstream: {count} frames at {rate_hz:g} Hz, {received} received, {len(answered)} answered, {dropped} dropped; "
-          f"model p50 {model_ms:.0f} ms; newest answered {wait_s * 1000:.0f} ms after publication; "
+          f"model p50 {model_ms:.0f} ms, worker capacity {capacity:.0f} frames; "
+          f"newest answered {wait_s * 1000:.0f} ms after publication; "
           f"RSS start {running['rss_start_mb']:.0f} MiB, during stream {early:.0f} -> {late:.0f} MiB, after {rss[-1]:.0f} MiB")
     assert late - early < 25.0, f"memory grew from {early:.0f} to {late:.0f} MiB during the stream"
 
 
-def test_relocalize_service_clears_the_temporal_filter(client: RosClient, running: dict[str, Any]) -> None:
-    """~/relocalize is a std_srvs/Trigger that answers success."""
-    response = client.call(Trigger, f"{NODE}/relocalize", Trigger.Request())
-    assert response.success and "cleared" in response.message
-
-
-def test_lifecycle_transitions_and_compressed_input(assets: dict[str, Any], repo_root: Path) -> None:
-    """autostart false: configure/activate/deactivate/cleanup/shutdown through the lifecycle services; JPEG input."""
+def test_lifecycle_transitions_compressed_input_and_relocalize(assets: dict[str, Any], repo_root: Path) -> None:
+    """autostart false: configure/activate/deactivate/cleanup/shutdown through the lifecycle services; JPEG input;
+    the temporal filter refuses a jump until ~/relocalize clears it (score and agreement checks accept every frame).
+    """
     params = write_params(
         assets["dir"] / "lifecycle.yaml",
         repo_root,
@@ -508,9 +512,14 @@ def test_lifecycle_transitions_and_compressed_input(assets: dict[str, Any], repo
         image_topic="/camera/image_raw/compressed",
         diagnostics_period_s=DIAG_PERIOD_S,
         warmup_iterations=0,
+        score_threshold=-1.0,
+        min_agreeing=1,
+        temporal_window=3,
+        temporal_radius_m=TEMPORAL_RADIUS_M,
     )
     ros = RosClient("vpr_lifecycle_client")
     ros.subscribe(PointCloud2, "/lifecycle/vpr_node/candidates")
+    ros.subscribe(PoseWithCovarianceStamped, "/lifecycle/vpr_node/pose")
     ros.subscribe(DiagnosticArray, "/diagnostics")
     node = NodeProcess(params, assets["dir"] / "lifecycle.log", "-r", "__ns:=/lifecycle")
     name = "/lifecycle/vpr_node"
@@ -532,28 +541,67 @@ def test_lifecycle_transitions_and_compressed_input(assets: dict[str, Any], repo
         assert state() == State.PRIMARY_STATE_ACTIVE
         ros.wait_for(lambda: publisher.get_subscription_count() > 0, 30.0, "the subscription", node)
         jpeg = cv2.imencode(".jpg", assets["queries"][0][:, :, ::-1])[1].tobytes()
-        bomb = bytearray(jpeg)  # a small JPEG whose header claims 40000 x 40000 pixels
-        sof = bomb.find(b"\xff\xc0")
-        bomb[sof + 5 : sof + 9] = (40000).to_bytes(2, "big") * 2
-        payloads = ((1, jpeg, True), (2, jpeg[: len(jpeg) // 2], False), (3, b"\xff\xd8 not a jpeg \xff\xd9", False),
-                    (4, jpeg, True), (5, bytes(bomb), False), (6, jpeg + bytes(range(256)), True))  # 6: camera metadata
-        rejected = 0
-        for sec, data, good in payloads:
+        for sec, data in ((1, jpeg), (2, jpeg[: len(jpeg) // 2]), (3, b"\xff\xd8 not a jpeg \xff\xd9"), (4, jpeg)):
             msg = CompressedImage(format="jpeg", data=data)
             msg.header.stamp = stamp_of(sec)
             publisher.publish(msg)
-            if good:
+            if data is jpeg:
                 ros.wait_for(
                     lambda: stamped(ros.messages(f"{name}/candidates"), sec), ANSWER_TIMEOUT_S, f"JPEG {sec} answered", node
                 )
             else:
-                rejected += 1
                 ros.wait_for(
-                    lambda: (d := latest_diag(ros, name)) and int(d["frames_rejected"]) == rejected,
-                    ANSWER_TIMEOUT_S, f"corrupt JPEG {sec} rejected", node,
+                    lambda: (d := latest_diag(ros, name)) and int(d["frames_rejected"]) == sec - 1,
+                    ANSWER_TIMEOUT_S, "corrupt JPEG rejected", node,
                 )
-        assert not any(stamped(ros.messages(f"{name}/candidates"), sec) for sec in (2, 3, 5))
+        assert not stamped(ros.messages(f"{name}/candidates"), 2) and not stamped(ros.messages(f"{name}/candidates"), 3)
+
+        # Frames 1 and 4 (query A) made the track. Query B's place is far away: refused twice (1 of the last 3
+        # frames agree, 2 needed); after ~/relocalize, A is accepted again (as the first frame of a new track),
+        # where without it A would be refused too (1 of the last 3 agree).
+        ids = assets["expected_ids"][:, 0].astype(np.float64)
+        far = int(np.argmax(np.abs(ids - ids[0])))
+        far_jpeg = cv2.imencode(".jpg", assets["queries"][far][:, :, ::-1])[1].tobytes()
+
+        def send(sec: int, data: bytes) -> np.ndarray:
+            msg = CompressedImage(format="jpeg", data=data)
+            msg.header.stamp = stamp_of(sec)
+            publisher.publish(msg)
+            cloud = ros.wait_for(lambda: stamped(ros.messages(f"{name}/candidates"), sec), ANSWER_TIMEOUT_S,
+                                 f"JPEG {sec} answered", node)[0][1]
+            best = read_candidates_cloud(cloud)[0]
+            return np.array([best["x"], best["y"]])
+
+        first = read_candidates_cloud(stamped(ros.messages(f"{name}/candidates"), 1)[0][1])[0]
+        jump = np.hypot(*(send(5, far_jpeg) - np.array([first["x"], first["y"]])))
+        assert jump > TEMPORAL_RADIUS_M, f"query {far} should be far from query 0 in the map, is {jump:.1f} m"
+        send(6, far_jpeg)
+        refused = ros.wait_for(
+            lambda: (d := latest_diag(ros, name)) and d.get("last_frame_stamp") == "6.000000000" and d,
+            ANSWER_TIMEOUT_S, "diagnostics of frame 6", node,
+        )
+        assert "temporally inconsistent" in refused["last_decision"], refused["last_decision"]
+        response = ros.call(Trigger, f"{name}/relocalize", Trigger.Request())
+        assert response.success and "cleared" in response.message
+        send(7, jpeg)
+        ros.wait_for(lambda: stamped(ros.messages(f"{name}/pose"), 7), ANSWER_TIMEOUT_S, "the pose of frame 7", node)
+        assert sorted(m.header.stamp.sec for _, m in ros.messages(f"{name}/pose")) == [1, 4, 7]
+
+        # A small JPEG whose header claims 40000 x 40000 pixels is rejected from its header (not decoded, no
+        # failure); a JPEG with camera metadata after its end marker is answered.
+        bomb = bytearray(jpeg)
+        sof = bomb.find(b"\xff\xc0")
+        bomb[sof + 5 : sof + 9] = (40000).to_bytes(2, "big") * 2
+        rejected = int(latest_diag(ros, name)["frames_rejected"])
+        msg = CompressedImage(format="jpeg", data=bytes(bomb))
+        msg.header.stamp = stamp_of(8)
+        publisher.publish(msg)
+        ros.wait_for(lambda: (d := latest_diag(ros, name)) and int(d["frames_rejected"]) == rejected + 1,
+                     ANSWER_TIMEOUT_S, "the JPEG bomb rejected", node)
+        send(9, jpeg + bytes(range(256)))
+        assert not stamped(ros.messages(f"{name}/candidates"), 8)
         assert int(latest_diag(ros, name)["frames_failed"]) == 0
+
         assert change(Transition.TRANSITION_DEACTIVATE)
         assert state() == State.PRIMARY_STATE_INACTIVE
         ros.wait_for(lambda: publisher.get_subscription_count() == 0, 30.0, "the subscription to go away", node)

@@ -63,10 +63,10 @@ def test_read_image_errors(tmp_path):
         read_image(broken)
 
 
-def test_extractor_on_real_images(corridor):
+def test_extractor_on_real_images(traversals):
     model = dsformer_ros.load_model(variant="efficientnet_lite0", device="cpu")
     extractor = dsformer_ros.DescriptorExtractor(model, batch_size=4)
-    paths = sorted((corridor / "ref").glob("*.jpg"))[:6]
+    paths = sorted((traversals / "ref").glob("*.jpg"))[:6]
     by_path = extractor.describe_paths(paths)
     images = [read_image(p) for p in paths]
     one_by_one = np.concatenate([extractor.describe([im]) for im in images])
@@ -81,9 +81,9 @@ def test_extractor_on_real_images(corridor):
     assert np.allclose(mixed[[0, 2]], by_path[:2], atol=1e-5)
 
 
-def test_bf16_autocast_stays_close_to_fp32(corridor):
+def test_bf16_autocast_stays_close_to_fp32(traversals):
     model = dsformer_ros.load_model(variant="efficientnet_lite0", device="cpu")
-    paths = sorted((corridor / "query").glob("*.jpg"))[:3]
+    paths = sorted((traversals / "query").glob("*.jpg"))[:3]
     fp32 = dsformer_ros.DescriptorExtractor(model).describe_paths(paths)
     bf16 = dsformer_ros.DescriptorExtractor(model, precision="bf16", channels_last=True).describe_paths(paths)
     assert np.all(np.sum(fp32 * bf16, axis=1) > 0.99)
@@ -100,14 +100,14 @@ def test_cuda_request_is_honoured_or_refused():
     assert dsformer_ros.resolve_device("cpu").type == "cpu"
 
 
-def test_describe_cli_writes_descriptors(corridor, tmp_path):
+def test_describe_cli_writes_descriptors(traversals, tmp_path):
     from dsformer_ros.model.checkpoint import save_checkpoint
     from training.cli import main
 
     model = dsformer_ros.load_model(variant="efficientnet_lite0", device="cpu", seed=5)
     ckpt = tmp_path / "lite.pt"
     save_checkpoint(ckpt, model)
-    paths = [str(p) for p in sorted((corridor / "ref").glob("*.jpg"))[:3]]
+    paths = [str(p) for p in sorted((traversals / "ref").glob("*.jpg"))[:3]]
     out = tmp_path / "d.npy"
     assert main(["describe", "--checkpoint", str(ckpt), *paths, "--out", str(out), "--device", "cpu"]) == 0
     written = np.load(out, allow_pickle=False)

@@ -5,10 +5,14 @@ import dataclasses
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
+from rosbags.highlevel import AnyReader
+from rosbags.typesys import Stores, get_typestore
 
+from dsformer_ros.maps.placemap import PlaceMap
 from dsformer_ros.model.checkpoint import save_checkpoint
 from dsformer_ros.model.dsformer import build_model, preset
 from dsformer_ros.model.pretrained import init_backbone
@@ -26,18 +30,17 @@ def test_metrics_by_hand() -> None:
     r = ReplayResults.empty_like(4, 3)
     r.gt_xy[:] = [[0, 0], [100, 0], [200, 0], [np.nan, np.nan]]
     r.answered[:] = True
+    # map places 10, 11, 12, 13 at x = 0, 100, 200, 400 m; candidates are map places, ids not rows
+    map_xy = np.array([[0.0, 0.0], [100.0, 0.0], [200.0, 0.0], [400.0, 0.0]])
+    map_ids = np.array([10, 11, 12, 13])
     # frame 0: top-1 correct; frame 1: correct at rank 3; frame 2: all wrong; frame 3: no GPS
-    r.cand_xy[0] = [[5, 0], [90, 0], [300, 0]]
-    r.cand_xy[1] = [[0, 0], [300, 0], [110, 0]]
-    r.cand_xy[2] = [[0, 0], [100, 0], [400, 0]]
-    r.cand_xy[3] = [[0, 0], [0, 0], [0, 0]]
-    r.cand_place_ids[:] = 1
+    r.cand_place_ids[:] = [[10, 11, 12], [10, 12, 11], [10, 11, 13], [10, 11, 12]]
+    r.cand_xy[:] = map_xy[r.cand_place_ids - 10]
     r.accepted[:] = [True, True, False, True]
     r.fix_xy[:] = [[3, 4], [150, 0], [np.nan, np.nan], [0, 0]]
     r.fix_sigma_m[:] = [2.0, 3.0, np.nan, 1.0]
     r.latency_s[:] = [0.01, 0.02, 0.03, 0.04]
-    map_xy = np.array([[0.0, 0.0], [100.0, 0.0], [200.0, 0.0]])
-    m = compute_metrics(r, map_xy, radius_m=25.0, ns=[1, 3])
+    m = compute_metrics(r, map_xy, map_ids, radius_m=25.0, ns=[1, 3])
     assert m["frames_with_gps"] == 3 and m["frames_evaluable"] == 3
     assert m["recall"] == {"1": pytest.approx(1 / 3), "3": pytest.approx(2 / 3)}
     assert m["fix"]["accepted"] == 3
@@ -46,7 +49,7 @@ def test_metrics_by_hand() -> None:
     assert m["fix"]["error_m"]["p50"] == pytest.approx(27.5)
     assert m["latency_ms"]["p50"] == pytest.approx(25.0)
     with pytest.raises(ValueError, match="Recall@5"):
-        compute_metrics(r, map_xy, 25.0, [5])
+        compute_metrics(r, map_xy, map_ids, 25.0, [5])
 
 
 @pytest.fixture(scope="module")
@@ -93,20 +96,100 @@ def test_offline_and_node_agree(drive_setup: dict[str, Path]) -> None:
     assert node["node"]["diagnostics"]["frames_dropped"] == "0"
 
 
+def _pixels_near(image_bgr: np.ndarray, rgb: tuple[int, int, int], tol: int = 8) -> int:
+    """How many pixels of a figure have (about) the colour `rgb`."""
+    return int(_mask(image_bgr, rgb, tol).sum())
+
+
+def _blobs(image_bgr: np.ndarray, rgb: tuple[int, int, int], tol: int = 8) -> int:
+    """How many separate marks of (about) the colour `rgb` a figure holds."""
+    return cv2.connectedComponents(_mask(image_bgr, rgb, tol).astype(np.uint8))[0] - 1
+
+
+def _mask(image_bgr: np.ndarray, rgb: tuple[int, int, int], tol: int) -> np.ndarray:
+    return np.abs(image_bgr[:, :, ::-1].astype(int) - np.array(rgb)).max(axis=2) <= tol
+
+
+def _blend(rgb: tuple[int, int, int], alpha: float) -> tuple[int, int, int]:
+    """`rgb` drawn with `alpha` over a white figure background."""
+    return tuple(round(alpha * c + (1 - alpha) * 255) for c in rgb)
+
+
+TAB_BLUE, TAB_ORANGE, TAB_GREEN, TAB_RED = (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)
+
+
 def test_report_and_figures(drive_setup: dict[str, Path]) -> None:
-    """report.json holds the metrics and the PNG figures exist and are images."""
+    """report.json's numbers follow from frames.npz, the map and the bag's true track; the figures show them."""
     cfg = dataclasses.replace(_config(drive_setup, "offline"), out=str(drive_setup["root"] / "report_figs"),
                               max_frames=10)
     run_replay(cfg)
     out = Path(cfg.out)
     report = json.loads((out / "report.json").read_text())
     m = report["metrics"]
-    assert m["frames"] == 10 and m["frames_with_gps"] == 10
-    assert 0.0 <= m["recall"]["1"] <= m["recall"]["5"] <= 1.0
-    assert set(report["recall_curve"]) == {"1", "2", "3", "4", "5"}
-    assert m["latency_ms"]["p50"] > 0
-    for name in report["figures"]:
-        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = ReplayResults.load_npz(out / "frames.npz")
+    place_map = PlaceMap.load(drive_setup["map"])
+    md = place_map.metadata
+    map_xy = np.column_stack([np.asarray(md.easting), np.asarray(md.northing)])
+    assert m["frames"] == len(r) == 10 and m["frames_with_gps"] == 10 and r.answered.all()
+    assert report["map_places"] == len(place_map)
+    # frames are the bag's first ten images, and the GPS ground truth lies on the drive's true track
+    truth = _odometry(drive_setup["query"])
+    assert r.stamp_ns.tolist() == sorted(truth)[:10]
+    true_xy = np.array([truth[int(t)] for t in r.stamp_ns])
+    assert np.hypot(*(r.gt_xy - true_xy).T).max() < 6.0  # 1.5 m GPS noise
+    # each candidate is a map place at that place's position, best first
+    row = {int(p): i for i, p in enumerate(md.place_id)}
+    for f in range(len(r)):
+        ids = r.cand_place_ids[f]
+        assert (ids >= 0).all() and len(set(ids.tolist())) == len(ids)
+        np.testing.assert_array_equal(r.cand_xy[f], map_xy[[row[int(p)] for p in ids]])
+        assert (np.diff(r.cand_scores[f]) <= 1e-6).all()
+    # recall recomputed by hand: one of the first N candidates within the radius of the GPS position
+    radius = m["radius_m"]
+    near = np.hypot(r.cand_xy[..., 0] - r.gt_xy[:, None, 0], r.cand_xy[..., 1] - r.gt_xy[:, None, 1]) <= radius
+    to_map = np.hypot(map_xy[None, :, 0] - r.gt_xy[:, None, 0], map_xy[None, :, 1] - r.gt_xy[:, None, 1])
+    evaluable = to_map.min(axis=1) <= radius
+    assert m["frames_evaluable"] == int(evaluable.sum()) > 0
+    for n in range(1, 6):
+        expected = float(near[evaluable, :n].any(axis=1).mean())
+        assert report["recall_curve"][str(n)] == pytest.approx(expected), n
+        if str(n) in m["recall"]:
+            assert m["recall"][str(n)] == pytest.approx(expected), n
+    assert m["fix"]["accepted"] == int(r.accepted.sum())
+    assert m["latency_ms"]["p50"] == pytest.approx(1000.0 * float(np.median(r.latency_s)))
+    # figures: PNGs of the expected size whose marks match the numbers
+    assert report["figures"] == ["trajectory.png", "recall.png", "errors.png"]
+    images = {name: cv2.imread(str(out / name)) for name in report["figures"]}
+    for name, image in images.items():
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image is not None, name
+        assert image.std() > 5, f"{name} looks blank"
+    # figure sizes in inches at 110 dpi, trimmed to the drawing (the trajectory keeps metres square)
+    full_size = {"trajectory.png": (825, 770), "recall.png": (660, 440), "errors.png": (660, 462)}
+    for name, (width, height) in full_size.items():
+        h, w = images[name].shape[:2]
+        assert 0.4 * height <= h <= height + 40 and 0.2 * width <= w <= width + 40, (name, w, h)
+    top1 = near[:, 0]
+    trajectory = images["trajectory.png"]
+    # one dot per frame in green (top-1 correct) or red (wrong), plus one in the legend where the group exists
+    correct, wrong = int((evaluable & top1).sum()), int((evaluable & ~top1).sum())
+    assert _blobs(trajectory, TAB_GREEN) == correct + (correct > 0)
+    assert _blobs(trajectory, TAB_RED) == wrong + (wrong > 0)
+    assert (_pixels_near(trajectory, TAB_BLUE) > 0) == bool(r.accepted.any())
+    assert _pixels_near(trajectory, (178, 178, 178)) > 0  # map places in grey (0.7)
+    assert _pixels_near(images["recall.png"], TAB_BLUE) > 50  # the recall curve
+    assert _pixels_near(images["errors.png"], _blend(TAB_ORANGE, 0.5), tol=6) > 200  # top-1 error histogram bars
+    assert (_pixels_near(images["errors.png"], _blend(TAB_BLUE, 0.7), tol=6) > 0) == bool(r.accepted.any())
+
+
+def _odometry(bag: Path) -> dict[int, tuple[float, float]]:
+    """Stamp (ns) -> true (easting, northing) of a synthetic drive, from its /odom/ground_truth topic."""
+    with AnyReader([bag], default_typestore=get_typestore(Stores.ROS2_KILTED)) as reader:
+        conns = [c for c in reader.connections if c.topic == "/odom/ground_truth"]
+        out = {}
+        for conn, stamp, raw in reader.messages(connections=conns):
+            pose = reader.deserialize(raw, conn.msgtype).pose.pose.position
+            out[int(stamp)] = (pose.x, pose.y)
+    return out
 
 
 def test_bad_inputs_are_named(drive_setup: dict[str, Path], tmp_path: Path) -> None:

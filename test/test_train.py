@@ -1,6 +1,6 @@
-"""Training: config errors, panorama crops and frame choice towards focal points, a short real run on the corridor
-images (loss falls, Recall@1 on the held-out query traversal rises above the untrained model), exact resume, and a
-two-process DDP run with gloo."""
+"""Training: config errors, panorama crops and frame choice towards focal points, a short real run on synthetic drives
+(trained on the day reference drive and a dusk drive: loss falls, Recall@1 of a held-out dusk query drive against the
+reference rises above the untrained model's), exact resume, and a two-process DDP run with gloo."""
 from __future__ import annotations
 
 import os
@@ -25,6 +25,7 @@ from training.cli import main as cli_main
 from training.eval.datasets import DatasetConfig, open_dataset
 from training.eval.evaluate import EvalConfig, evaluate_method
 from training.io.at_names import AtName, format_at_name
+from training.synth.traversals import render_frames, small_traversal_configs
 from training.train.config import TrainConfig
 from training.train.data import GroupDataset, build_training_set, epoch_plan, panorama_crop, shard_plan
 from training.train.state import load_state
@@ -33,18 +34,20 @@ from training.train.train import train
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "training" / "configs"
 EAST, NORTH = 500000.5, 5000000.0
-# Mild augmentation: 111 training images are too few for EigenPlaces' strong colour jitter to pay off in seconds.
+# Mild augmentation: a few hundred training images are too few for EigenPlaces' strong colour jitter to pay off
+# in seconds.
 MILD_AUGMENT = {"crop_scale": [0.6, 1.0], "brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.05}
 
 
-def _at_folder(src: Path, dst: Path, headings: dict[int, float] | None = None) -> Path:
-    """Copy frames named by index into '@' names: frame i at 1 m per frame northwards, facing north (or `headings`)."""
+def _at_folder(src: Path, dst: Path, headings: dict[int, float] | None = None, tag: str = "f") -> Path:
+    """Copy frames named by index into '@' names: frame i at 1 m per frame northwards, facing north (or `headings`);
+    `tag` + i is the name's note, so that several drives can share one folder."""
     dst.mkdir(parents=True, exist_ok=True)
     for path in sorted(src.glob("*.jpg")):
         i = int(path.stem)
         heading = (headings or {}).get(i, 0.0)
         name = AtName(easting=EAST, northing=NORTH + i, zone_number=33, zone_letter="T", heading_deg=heading,
-                      note=f"f{i}")
+                      note=f"{tag}{i}")
         shutil.copy(path, dst / format_at_name(name))
     return dst
 
@@ -59,12 +62,24 @@ def one_thread_per_process():
 
 
 @pytest.fixture(scope="module")
-def corridor_at(corridor: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The corridor reference traversal as an '@' folder (positions from frame indices)."""
-    return _at_folder(corridor / "ref", tmp_path_factory.mktemp("corridor_at"))
+def ref_at(traversals: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic reference traversal as an '@' folder (positions from frame indices)."""
+    return _at_folder(traversals / "ref", tmp_path_factory.mktemp("ref_at"))
 
 
-def _config(corridor: Path, roots: Path, out_dir: Path, *overrides: str, val: bool = True) -> TrainConfig:
+@pytest.fixture(scope="module")
+def two_drives_at(traversals: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Training data like a real training set's: the reference drive plus a third drive of the route under the
+    query's condition (dusk; its own jitter and noise), both in one '@' folder."""
+    _, query = small_traversal_configs()
+    frames = tmp_path_factory.mktemp("third_drive")
+    for k, rgb in enumerate(render_frames(replace(query, drive_seed=3))):
+        cv2.imwrite(str(frames / f"{k:07d}.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    root = _at_folder(traversals / "ref", tmp_path_factory.mktemp("two_drives_at"), tag="r")
+    return _at_folder(frames, root, tag="d")
+
+
+def _config(traversals: Path, roots: Path, out_dir: Path, *overrides: str, val: bool = True) -> TrainConfig:
     data = {
         "model": {"variant": "efficientnet_lite0"},
         "data": {
@@ -77,7 +92,7 @@ def _config(corridor: Path, roots: Path, out_dir: Path, *overrides: str, val: bo
         },
         "loss": {"s": 30.0, "m": 0.4},
         "optim": {"lr_model": 1e-4, "lr_classifier": 1e-2, "batch_size": 16, "iterations_per_epoch": 20, "epochs": 4},
-        "val": {"dataset": {"format": "folders", "root": str(corridor)} if val else None, "recall_ns": [1, 5]},
+        "val": {"dataset": {"format": "folders", "root": str(traversals)} if val else None, "recall_ns": [1, 5]},
         "device": "cpu",
         "num_workers": 0,
         "out": str(out_dir),
@@ -134,10 +149,10 @@ def test_panorama_crop_points_at_the_bearing() -> None:
             np.testing.assert_array_equal(crop, expected)
 
 
-def test_perspective_frames_are_chosen_by_heading(corridor: Path, tmp_path: Path) -> None:
+def test_perspective_frames_are_chosen_by_heading(traversals: Path, tmp_path: Path) -> None:
     headings = {i: 180.0 for i in range(0, 111, 2)}  # even frames face south, away from the frontal focal points
-    roots = _at_folder(corridor / "ref", tmp_path / "mixed", headings)
-    cfg = _config(corridor, roots, tmp_path / "run", "data.min_frames_per_class=2")
+    roots = _at_folder(traversals / "ref", tmp_path / "mixed", headings)
+    cfg = _config(traversals, roots, tmp_path / "run", "data.min_frames_per_class=2")
     training_set = build_training_set(cfg.data, cache_dir=tmp_path / "cache")
     assert sorted(training_set.groups) == [4, 5]  # frontal groups only: no frame looks sideways
     names = [p.name for p in training_set.table.paths]
@@ -163,50 +178,50 @@ def test_epoch_plan_is_deterministic_and_shards_cover_it() -> None:
     np.testing.assert_array_equal(rejoined, plan)
 
 
-def _recall_at_1(model: torch.nn.Module, corridor: Path) -> float:
-    dataset = open_dataset(DatasetConfig(format="folders", root=str(corridor)))
-    cfg = EvalConfig(dataset=DatasetConfig(format="folders", root=str(corridor)), recall_ns=(1,), top_k=1,
+def _recall_at_1(model: torch.nn.Module, traversals: Path) -> float:
+    dataset = open_dataset(DatasetConfig(format="folders", root=str(traversals)))
+    cfg = EvalConfig(dataset=DatasetConfig(format="folders", root=str(traversals)), recall_ns=(1,), top_k=1,
                      out="unused", use_cache=False, figures=False)
     section = evaluate_method(DescriptorExtractor(model), dataset, cfg, cache_dir=None)
     return float(section["recall"]["1"])
 
 
-def test_training_lowers_loss_and_raises_recall(corridor: Path, corridor_at: Path, tmp_path: Path) -> None:
+def test_training_lowers_loss_and_raises_recall(traversals: Path, two_drives_at: Path, tmp_path: Path) -> None:
     # One frontal group (N=1) so that every epoch trains the same classifier; rotation is covered by the resume test.
-    cfg = _config(corridor, corridor_at, tmp_path / "run", "data.partition.groups_per_direction=1",
+    cfg = _config(traversals, two_drives_at, tmp_path / "run", "data.partition.groups_per_direction=1",
                   "optim.iterations_per_epoch=40", "optim.epochs=2")
     result = train(cfg)
     rows = result.history
     assert [r["group"] for r in rows] == [1, 1]
     losses = [r["loss_mean"] for r in rows]
-    assert losses[-1] < 0.6 * losses[0]
+    assert losses[-1] < 0.75 * losses[0]  # measured: 13.4 -> 8.6
     size = tuple(cfg.data.image_size)
     untrained = _recall_at_1(
         load_model(variant="efficientnet_lite0", device="cpu", config=replace(preset("efficientnet_lite0"),
-                                                                              image_size=size)), corridor)
-    trained = _recall_at_1(load_model(tmp_path / "run" / "best.pt", device="cpu"), corridor)
+                                                                              image_size=size)), traversals)
+    trained = _recall_at_1(load_model(tmp_path / "run" / "best.pt", device="cpu"), traversals)
     print(f"R@1 untrained {untrained:.3f}, trained {trained:.3f} at {size}; "
           f"per epoch {[round(r['R@1'], 3) for r in rows]}; loss {[round(x, 3) for x in losses]}")
     assert trained == pytest.approx(result.best_metric)
-    assert trained >= untrained + 0.05
+    assert trained >= untrained + 0.1  # measured: 0.69 -> 0.89
     lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(lines) == 3 and lines[0].startswith("epoch,group,classes")
     assert any((tmp_path / "run" / "tensorboard").iterdir())
     assert read_checkpoint(tmp_path / "run" / "last.pt").provenance["epoch"] == 2
 
 
-def _tiny(corridor: Path, roots: Path, out_dir: Path, *overrides: str) -> TrainConfig:
-    return _config(corridor, roots, out_dir, "data.image_size=[64,64]", "optim.batch_size=4",
+def _tiny(traversals: Path, roots: Path, out_dir: Path, *overrides: str) -> TrainConfig:
+    return _config(traversals, roots, out_dir, "data.image_size=[64,64]", "optim.batch_size=4",
                    "optim.iterations_per_epoch=3", *overrides, val=False)
 
 
-def test_resume_gives_the_uninterrupted_result(corridor: Path, corridor_at: Path, tmp_path: Path) -> None:
-    straight = train(_tiny(corridor, corridor_at, tmp_path / "a", "optim.epochs=2"))
-    train(_tiny(corridor, corridor_at, tmp_path / "b", "optim.epochs=1"))
+def test_resume_gives_the_uninterrupted_result(traversals: Path, ref_at: Path, tmp_path: Path) -> None:
+    straight = train(_tiny(traversals, ref_at, tmp_path / "a", "optim.epochs=2"))
+    train(_tiny(traversals, ref_at, tmp_path / "b", "optim.epochs=1"))
     with pytest.raises(ConfigError, match=r"loss\.s \(was 30\.0, now 31\.0\)"):
-        train(_tiny(corridor, corridor_at, tmp_path / "b", "optim.epochs=2", "resume=true", "loss.s=31"))
+        train(_tiny(traversals, ref_at, tmp_path / "b", "optim.epochs=2", "resume=true", "loss.s=31"))
     # Resumed with a data-loading worker process: the samples come from the plan, not from who loads them.
-    resumed = train(_tiny(corridor, corridor_at, tmp_path / "b", "optim.epochs=2", "resume=true", "num_workers=1"))
+    resumed = train(_tiny(traversals, ref_at, tmp_path / "b", "optim.epochs=2", "resume=true", "num_workers=1"))
     assert [r["loss_mean"] for r in resumed.history] == [r["loss_mean"] for r in straight.history]
     a = read_checkpoint(tmp_path / "a" / "last.pt").state_dict
     b = read_checkpoint(tmp_path / "b" / "last.pt").state_dict
@@ -223,8 +238,8 @@ def test_resume_gives_the_uninterrupted_result(corridor: Path, corridor_at: Path
     assert not torch.equal(initial.state_dict()["fc.weight"], a["fc.weight"])  # training changed the weights
 
 
-def test_two_process_ddp_with_gloo(corridor: Path, corridor_at: Path, tmp_path: Path) -> None:
-    cfg = _tiny(corridor, corridor_at, tmp_path / "ddp", "optim.epochs=2", "optim.iterations_per_epoch=2")
+def test_two_process_ddp_with_gloo(traversals: Path, ref_at: Path, tmp_path: Path) -> None:
+    cfg = _tiny(traversals, ref_at, tmp_path / "ddp", "optim.epochs=2", "optim.iterations_per_epoch=2")
     save_config(cfg, tmp_path / "ddp.yaml")
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))

@@ -51,10 +51,14 @@ def _as_uint8(data: Any) -> np.ndarray:
         raise ImageDecodeError(f"image data must be bytes, got {type(data).__name__}") from None
 
 
-def decode_image(
-    encoding: str, height: int, width: int, step: int, data: Any, is_bigendian: int = 0, max_pixels: int = MAX_PIXELS
+def check_raw_image(
+    encoding: str, height: int, width: int, step: int, data: Any, max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
-    """Fields of a sensor_msgs/Image -> contiguous RGB uint8 (height, width, 3); raises ImageDecodeError."""
+    """Raise ImageDecodeError unless the fields of a sensor_msgs/Image are consistent and the image is at most
+    `max_pixels`; returns `data` as flat uint8.
+
+    Every decoder (this module's and cv_bridge) runs it before any conversion.
+    """
     encoding = str(encoding)
     try:
         height, width, step = int(height), int(width), int(step)
@@ -68,7 +72,7 @@ def decode_image(
     if height <= 0 or width <= 0:
         raise ImageDecodeError(f"image has zero size: {width}x{height}")
     check_pixels(width, height, max_pixels, f"{encoding} image")
-    channels, depth, conversion = RAW_ENCODINGS[encoding]
+    channels, depth, _ = RAW_ENCODINGS[encoding]
     row_bytes = width * channels * depth
     if step < row_bytes:
         raise ImageDecodeError(
@@ -79,6 +83,18 @@ def decode_image(
         raise ImageDecodeError(
             f"image data has {buf.size} bytes, expected at least step*height = {step}*{height} = {step * height}"
         )
+    return buf
+
+
+def decode_image(
+    encoding: str, height: int, width: int, step: int, data: Any, is_bigendian: int = 0, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """Fields of a sensor_msgs/Image -> contiguous RGB uint8 (height, width, 3); raises ImageDecodeError."""
+    buf = check_raw_image(encoding, height, width, step, data, max_pixels)
+    encoding = str(encoding)
+    height, width, step = int(height), int(width), int(step)
+    channels, depth, conversion = RAW_ENCODINGS[encoding]
+    row_bytes = width * channels * depth
     rows = buf[: step * height].reshape(height, step)[:, :row_bytes]
     if depth == 2:
         dtype = np.dtype(">u2" if is_bigendian else "<u2")
@@ -179,10 +195,10 @@ def check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
         )
 
 
-def decode_compressed(fmt: str, data: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Fields of a sensor_msgs/CompressedImage (format, data) -> RGB uint8 (H, W, 3); raises ImageDecodeError.
-
-    The size in the header is checked against `max_pixels` before anything is decoded.
+def check_compressed(fmt: str, data: Any, max_pixels: int = MAX_PIXELS) -> tuple[str, np.ndarray]:
+    """Raise ImageDecodeError unless a sensor_msgs/CompressedImage is a whole JPEG or PNG of its format whose header
+    size is at most `max_pixels` (read without decoding a pixel). Returns the kind ('jpeg' or 'png') and `data` as
+    flat uint8; every decoder runs it before decoding.
     """
     kind = _compression(fmt)
     buf = _as_uint8(data)
@@ -190,6 +206,12 @@ def decode_compressed(fmt: str, data: Any, max_pixels: int = MAX_PIXELS) -> np.n
         raise ImageDecodeError(f"compressed image ({kind}) has no data")
     width, height = compressed_size(kind, buf.tobytes())
     check_pixels(width, height, max_pixels, f"{kind.upper()} image")
+    return kind, buf
+
+
+def decode_compressed(fmt: str, data: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Fields of a sensor_msgs/CompressedImage (format, data) -> RGB uint8 (H, W, 3); raises ImageDecodeError."""
+    kind, buf = check_compressed(fmt, data, max_pixels)
     try:
         bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     except cv2.error as exc:
@@ -202,16 +224,6 @@ def decode_compressed(fmt: str, data: Any, max_pixels: int = MAX_PIXELS) -> np.n
 def _one_line(exc: BaseException) -> str:
     """An exception's message on one line (OpenCV's span several)."""
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def check_message_size(msg: Any, max_pixels: int = MAX_PIXELS) -> None:
-    """Raise ImageDecodeError when an Image or CompressedImage message is empty or larger than `max_pixels`
-    (for compressed payloads, the size in the JPEG/PNG header), before anything is decoded."""
-    if hasattr(msg, "width") and hasattr(msg, "height"):
-        check_pixels(int(msg.width), int(msg.height), max_pixels, f"{msg.encoding} image")
-        return
-    kind = _compression(msg.format)
-    check_pixels(*compressed_size(kind, _as_uint8(msg.data).tobytes()), max_pixels, f"{kind.upper()} image")
 
 
 def decode_image_msg(msg: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -1,12 +1,14 @@
 """Entry points of the VPR node: `vpr_node --ros-args ...` (ROS users) and `dsformer-vpr node --params-file FILE`.
 
 Both start one `VprNode` in a single-threaded executor (inference has its own worker thread). A wrong parameter
-(type or range) and, with `autostart`, a failed configure (e.g. map and checkpoint do not match) end the process
-with a clear message and a non-zero exit code; Ctrl-C exits 0.
+(type or range) and, with `autostart` (the default outside launch), a failed configure (e.g. map and checkpoint do
+not match) end the process with a clear message and a non-zero exit code. Ctrl-C exits 0 however many SIGINTs
+arrive: a terminal and `ros2 launch` each send one, and the second must not kill the shutdown half-way.
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +16,12 @@ from dsformer_ros.common.cli import setup_logging
 
 EXIT_BAD_PARAMETER = 2
 EXIT_CONFIGURE_FAILED = 1
+
+
+def _interrupt_once(signum: int, frame: object) -> None:
+    """First SIGINT: stop spinning (KeyboardInterrupt); every later one is ignored so the clean-up can finish."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,9 +34,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     setup_logging()
+    # rclpy's own handler chains to this one; rclpy.try_shutdown restores it, hence SIG_IGN again at the end
+    # (Python resets a Python-level handler to the default while finalising, which a late SIGINT would die of).
+    signal.signal(signal.SIGINT, _interrupt_once)
     rclpy.init(args=["vpr_node", *args])
     node = None
     try:
+        executor = SingleThreadedExecutor()
         try:
             node = VprNode()
         except ParameterException as exc:
@@ -38,10 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vpr_node: invalid parameter: {exc}{hint}", file=sys.stderr)
             return EXIT_BAD_PARAMETER
         if node.get_parameter("autostart").value and not node.autostart():
-            print("vpr_node: autostart failed: configure or activate was refused (see the error above)",
-                  file=sys.stderr)
             return EXIT_CONFIGURE_FAILED
-        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -51,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             node.stop_worker()
             node.destroy_node()
         rclpy.try_shutdown()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0
 
 

@@ -24,10 +24,9 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from dsformer_ros.common.config import ConfigError
 from dsformer_ros.inference.image_codec import ImageDecodeError
 from dsformer_ros.localization.latest_frame import FrameRejected, LatestFrameWorker, RollingPercentiles
-from dsformer_ros.localization.localizer import Localizer, LocalizerError
+from dsformer_ros.localization.localizer import LocalizationResult, Localizer
 from dsformer_ros.ros.frame_decoder import make_decoder
 from dsformer_ros.ros.messages import candidate_markers, candidates_cloud, diagnostics_message, pose_message
 from dsformer_ros.ros.parameters import NodeSettings, declare_parameters, read_settings
@@ -91,8 +90,12 @@ class VprNode(LifecycleNode):
                 torch.set_num_threads(settings.torch_threads)
             self.get_logger().info(f"configuring: checkpoint {config.checkpoint}, map {config.map_path}")
             localizer = Localizer.load(config)
-        except (ConfigError, LocalizerError, ValueError) as exc:
+        except ValueError as exc:  # ConfigError, LocalizerError, DeviceError, ImageDecodeError...: the message says it
             self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        except Exception as exc:  # e.g. OSError reading a file, RuntimeError from torch: one line too
+            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            self.get_logger().debug(traceback.format_exc())
             return TransitionCallbackReturn.FAILURE
         self._settings, self._localizer = settings, localizer
         self._decode, self._decoder_name = decode, decoder_name
@@ -211,13 +214,14 @@ class VprNode(LifecycleNode):
         decode_ms = (time.monotonic() - t0) * 1000.0
         result = self._localizer.localize(rgb)
         header = Header(stamp=msg.header.stamp, frame_id=self._settings.frame_id)
-        self._outputs["candidates"].publish(candidates_cloud(header, result.candidates))
+        try:
+            self._publish_result(header, result)
+        except Exception:
+            if self.context.ok():
+                raise
+            return  # Ctrl-C: rclpy closed the context under the frame in progress, which is dropped
         overhead_ms = (time.monotonic() - arrival) * 1000.0 - result.model_ms - result.search_ms
         fix = result.decision.fix
-        if fix is not None:
-            self._outputs["pose"].publish(pose_message(header, fix))
-        if "markers" in self._outputs:
-            self._outputs["markers"].publish(candidate_markers(header, result.candidates))
         timings = (result.model_ms, result.search_ms, decode_ms, overhead_ms)
         for name, value in zip(TIMINGS, timings):
             self._timing[name].add(value)
@@ -232,6 +236,14 @@ class VprNode(LifecycleNode):
                 "last_frame_overhead_ms": overhead_ms,
                 "last_decision": result.decision.reason,
             }
+
+    def _publish_result(self, header: Header, result: LocalizationResult) -> None:
+        """~/candidates, ~/pose when the fix is accepted, ~/markers when enabled."""
+        self._outputs["candidates"].publish(candidates_cloud(header, result.candidates))
+        if result.decision.fix is not None:
+            self._outputs["pose"].publish(pose_message(header, result.decision.fix))
+        if "markers" in self._outputs:
+            self._outputs["markers"].publish(candidate_markers(header, result.candidates))
 
     def _on_relocalize(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         self._localizer.reset_temporal()

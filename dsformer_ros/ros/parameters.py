@@ -3,9 +3,10 @@ type, default, description, bounds and choices; declaration, validation and `con
 """
 from __future__ import annotations
 
+import difflib
 import textwrap
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import yaml
 
@@ -31,7 +32,7 @@ class NodeSettings:
     """The node's ROS-side settings (the localizer's are in LocalizerConfig); names are parameter names."""
 
     autostart: bool = setting(
-        False, "Configure and activate at start-up. Set false to drive the lifecycle yourself (the launch file does)."
+        True, "Configure and activate at start-up. Set false to drive the lifecycle yourself (the launch file does)."
     )
     torch_threads: int = setting(
         0, "PyTorch CPU threads (0: PyTorch's default, all cores).", low=0, high=256, section=MODEL
@@ -45,7 +46,9 @@ class NodeSettings:
     )
     image_topic: str = setting("/camera/image_raw", "Camera topic.", section=INPUT)
     image_decoder: str = setting(
-        "auto", "Image conversion: auto (cv_bridge when installed, else built-in), cv_bridge (required) or builtin.",
+        "builtin",
+        "Image conversion: builtin (the tested default) or cv_bridge (must be installed). Both refuse malformed "
+        "messages (encoding, size, step, data length, JPEG/PNG markers) the same way before converting.",
         choices=DECODERS, section=INPUT,
     )
     max_image_pixels: int = setting(
@@ -119,8 +122,35 @@ def declare_parameters(node: "Node") -> None:
         node.declare_parameter(spec.name, spec.default, _descriptor(spec))
 
 
+# Parameters that ROS itself may set on any node (rclpy declares use_sim_time; QoS overrides are per topic).
+ROS_PARAMETER_PREFIXES = ("qos_overrides.",)
+
+
+def unknown_parameters_message(given: Iterable[str], known: Iterable[str]) -> str | None:
+    """None when every given name is known; else one line naming each unknown one and the nearest known name."""
+    known = sorted(set(known))
+    unknown = sorted(n for n in set(given) - set(known) if not n.startswith(ROS_PARAMETER_PREFIXES))
+    if not unknown:
+        return None
+    parts = []
+    for name in unknown:
+        nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        parts.append(f"{name} (did you mean {nearest[0]}?)" if nearest else name)
+    return f"unknown parameter(s) {', '.join(parts)}; see dsformer-vpr node --print-params-file for the known ones"
+
+
+def check_overrides(node: "Node") -> None:
+    """Raise ConfigError when the params files or -p overrides given to this node name parameters it does not have."""
+    # rclpy keeps every override addressed to this node (its own section and /**) here, declared or not.
+    given = node._parameter_overrides.keys()
+    message = unknown_parameters_message(given, node.list_parameters([], 0).names)
+    if message:
+        raise ConfigError(message)
+
+
 def read_settings(node: "Node") -> tuple[NodeSettings, LocalizerConfig]:
-    """The current parameter values as validated settings; ConfigError names the bad parameter."""
+    """The current parameter values as validated settings; ConfigError names the bad or unknown parameter."""
+    check_overrides(node)
     values = {spec.name: node.get_parameter(spec.name).value for spec in PARAMETERS}
     node_settings, localizer, acceptance = (
         {spec.name: values[spec.name] for spec in specs(group)} for group in GROUPS
@@ -136,7 +166,8 @@ HEADER = """\
 #   vpr_node --ros-args --params-file config/vpr.yaml
 #   dsformer-vpr node --params-file config/vpr.yaml [--set-param name:=value]
 #   ros2 launch dsformer_ros vpr.launch.py params_file:=config/vpr.yaml
-# Every parameter is listed; a wrong type or a value outside its range stops the node with a message naming it.
+# Every parameter is listed; a wrong type or a value outside its range stops the node with a message naming it,
+# an unknown (misspelled) name fails configure naming the nearest known one.
 # Values are read at configure: change them, then cleanup + configure (or restart) for them to take effect.
 /**:
   ros__parameters:

@@ -1,0 +1,66 @@
+"""A checkpoint and a small map that belong together, and parameter files for the node, made inside the suite.
+
+The map holds 6 places built from generated images with the untrained EfficientNet-Lite0 DSFormer (no ../shared
+data needed); the tests that use it are about starting, stopping and configuring the node, not about recall.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+PLACES = 6
+IMAGE_SHAPE = (96, 128, 3)
+
+
+def generated_images(count: int, seed: int = 0) -> list[np.ndarray]:
+    """Distinct RGB uint8 images: smooth colour gradients with a random phase each."""
+    rng = np.random.default_rng(seed)
+    height, width, _ = IMAGE_SHAPE
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    images = []
+    for _ in range(count):
+        phase, fx, fy = rng.uniform(0, 2 * np.pi), rng.uniform(0.02, 0.2), rng.uniform(0.02, 0.2)
+        channels = [np.sin(fx * x + fy * y + phase + k) for k in range(3)]
+        images.append(((np.stack(channels, axis=-1) + 1.0) * 127.5).astype(np.uint8))
+    return images
+
+
+def make_checkpoint_and_map(out: Path) -> dict[str, Path]:
+    """model.pt and map/ in `out` (6 places 2 m apart along easting); returns their paths."""
+    from dsformer_ros.inference.extractor import DescriptorExtractor
+    from dsformer_ros.maps.placemap import PlaceMap, PlaceMetadata
+    from dsformer_ros.model.checkpoint import save_checkpoint
+    from dsformer_ros.model.loading import load_model
+
+    out.mkdir(parents=True, exist_ok=True)
+    sha = save_checkpoint(out / "model.pt", load_model(device="cpu"), {"source": "untrained, test suite"})
+    model = load_model(out / "model.pt", device="cpu")
+    index = np.arange(PLACES)
+    metadata = PlaceMetadata(
+        place_id=index,
+        easting=500_000.0 + 2.0 * index,
+        northing=np.full(PLACES, 5_000_000.0),
+        zone_number=np.full(PLACES, 32),
+        zone_letter=np.array(["U"] * PLACES),
+        lat=np.full(PLACES, 45.1),
+        lon=np.full(PLACES, 9.0),
+        heading_deg=np.full(PLACES, 90.0),
+        stamp_ns=index * 1_000_000_000,
+        source=np.array(["generated"] * PLACES),
+    )
+    descriptors = DescriptorExtractor(model).describe(generated_images(PLACES))
+    PlaceMap.build(
+        descriptors, metadata, model_variant=model.config.variant, checkpoint_sha256=sha, preprocessing={},
+        build_info={"source": "test suite"},
+    ).save(out / "map")
+    return {"checkpoint": out / "model.pt", "map_path": out / "map"}
+
+
+def write_params(path: Path, section: str = "/**", **values: Any) -> Path:
+    """A minimal parameter file: only the given values, in `section` (a node name or /**)."""
+    params = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+    path.write_text(yaml.safe_dump({section: {"ros__parameters": params}}))
+    return path
