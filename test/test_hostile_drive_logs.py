@@ -104,7 +104,8 @@ def test_isolated_jumps_are_always_rejected(speed, noise, seed, jumps) -> None:
 
 def test_gate_settings_are_validated() -> None:
     with pytest.raises(TrackError, match="max_speed_mps: must be > 0"):
-        track_from_fixes(_fixes(np.arange(5.0), np.full(5, E0), np.full(5, N0)), 5.0, 2.0, MotionGate(max_speed_mps=0.0))
+        track_from_fixes(_fixes(np.arange(5.0), np.full(5, E0), np.full(5, N0)), 5.0, 2.0,
+                         MotionGate(max_speed_mps=0.0))
 
 
 def test_image_stamps_all_zero_are_refused() -> None:

@@ -278,7 +278,9 @@ def test_preprocessing_with_zero_std_is_refused_by_the_localizer(tmp_path: Path)
     sha = save_checkpoint(tmp_path / "model.pt", model)
     preprocessing = to_dict(preprocess_config_for(model.config))
     preprocessing["std"] = [0.0, 0.0, 0.0]
-    _build(0, sha=sha, preprocessing=preprocessing, dim=model.config.descriptor_dim, variant=model.config.variant).save(tmp_path / "map")
+    place_map = _build(0, sha=sha, preprocessing=preprocessing, dim=model.config.descriptor_dim,
+                       variant=model.config.variant)
+    place_map.save(tmp_path / "map")
     config = LocalizerConfig(checkpoint=str(tmp_path / "model.pt"), map_path=str(tmp_path / "map"), device="cpu",
                              warmup_iterations=0)
     with pytest.raises(LocalizerError, match="preprocessing section is not understood: std: every channel's"):

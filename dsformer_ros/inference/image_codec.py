@@ -161,7 +161,9 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
 def _png_size(data: bytes) -> tuple[int, int]:
     """(width, height) from the PNG IHDR chunk; also checks that the chunks run, whole, to an IEND chunk."""
     if not data.startswith(_PNG_START):
-        raise ImageDecodeError(f"corrupt PNG: data does not start with the PNG signature (first bytes {data[:4].hex()})")
+        raise ImageDecodeError(
+            f"corrupt PNG: data does not start with the PNG signature (first bytes {data[:4].hex()})"
+        )
     if len(data) < 33 or data[12:16] != b"IHDR":
         raise ImageDecodeError(f"corrupt PNG: no IHDR header chunk ({len(data)} bytes)")
     width = int.from_bytes(data[16:20], "big")

@@ -141,7 +141,9 @@ class PlaceMetadata:
             bad = np.isinf(values) | (np.abs(np.nan_to_num(values)) > limit)
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
-                raise MapError(f"metadata {name} must be NaN or within +-{limit:g} degrees; row {row} has {values[row]}")
+                raise MapError(
+                    f"metadata {name} must be NaN or within +-{limit:g} degrees; row {row} has {values[row]}"
+                )
         for name, kind in self._KINDS.items():
             if kind == "str":
                 _check_code_points(name, getattr(self, name))
@@ -504,7 +506,9 @@ class PlaceMap:
         rows = rows.astype(np.int64, copy=False)
         outside = (rows < -1) | (rows >= len(self))
         if outside.any():
-            raise MapError(f"{INDEX} returned row {int(rows[outside][0])} for a map of {len(self)} places (corrupt index)")
+            raise MapError(
+                f"{INDEX} returned row {int(rows[outside][0])} for a map of {len(self)} places (corrupt index)"
+            )
         missing = rows < 0
         scores = np.where(missing, -np.inf, scores).astype(np.float32)
         place_ids = np.where(missing, -1, np.asarray(self.metadata.place_id)[np.where(missing, 0, rows)])
@@ -573,8 +577,10 @@ def _load_npy(path: Path, mode: str | None) -> np.ndarray:
     try:
         with open(path, "rb") as fh:
             version = np.lib.format.read_magic(fh)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
             offset = fh.tell()
     except Exception as exc:  # numpy raises assorted types (ValueError, SyntaxError, TokenError...) for damaged headers
         raise MapError(f"{path.name} is corrupt or truncated: bad .npy header ({type(exc).__name__}: {exc})") from None

@@ -133,7 +133,8 @@ def gate_motion(stamps_ns: np.ndarray, x: np.ndarray, y: np.ndarray, gate: Motio
             last = i
             continue
         dt = t[i] - t[last]
-        reachable = min(gate.max_speed_mps, speed + gate.max_accel_mps2 * dt) * dt + gate.noise_m + slack[i] + slack[last]
+        reach_speed = min(gate.max_speed_mps, speed + gate.max_accel_mps2 * dt)
+        reachable = reach_speed * dt + gate.noise_m + slack[i] + slack[last]
         distance = math.hypot(x[i] - x[last], y[i] - y[last])
         if distance <= reachable or run >= gate.max_rejected_run:
             if run >= gate.max_rejected_run:
