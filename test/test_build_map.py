@@ -122,9 +122,9 @@ def mcap_raw_map(mcap_raw, tmp_path_factory, checkpoint) -> tuple[Path, dict]:
     return out, build_map(cfg)
 
 
-def _check_places(place_map: PlaceMap, first_stamp_ns: int, first_id: int = 0) -> None:
-    md = place_map.metadata
-    assert np.array_equal(md.place_id, first_id + np.arange(len(place_map)))
+def _check_places(place_map: PlaceMap, first_stamp_ns: int, first_id: int = 0, from_row: int = 0) -> None:
+    md = place_map.metadata.take(np.arange(from_row, len(place_map)))
+    assert np.array_equal(md.place_id, first_id + np.arange(len(md)))
     assert (np.diff(md.stamp_ns) > 0).all()
     truth = np.array([_true_east(int(s)) for s in md.stamp_ns])
     np.testing.assert_allclose(md.easting, truth, atol=0.01)
@@ -150,12 +150,15 @@ def test_mcap_raw_map_places_positions_and_counts(mcap_raw, mcap_raw_map, images
     assert summary["fixes"]["fix_rejected_nan"] == bad["nan"]
     assert summary["fixes"]["fix_rejected_covariance"] == bad["covariance"]
     assert summary["dropped"]["no_fix_near_in_time"] == 8  # frames at 1.6-1.9 s and 2.6-2.9 s
-    assert summary["dropped"]["image_decode_error"] == 1  # the corrupt first frame is the first keyframe
-    assert summary["places"] == len(place_map) == summary["keyframes"] - 1 == 15
+    # the corrupt first frame is the first keyframe: frame 1 (1 m on, within the 2 m spacing) stands in for it
+    assert "image_decode_error" not in summary["dropped"] and summary["keyframes_replaced"] == 1
+    assert summary["places"] == len(place_map) == summary["keyframes"] == 16
     assert summary["images_per_s"] > 0
-    # frame 0 was corrupt: the map starts at the second keyframe (2 m on); ids are planned, so 0 is missing
-    _check_places(place_map, 2 * FRAME_NS, first_id=1)
-    assert place_map.metadata.source[0] == f"bag:{bag.resolve()}#/camera/image_raw@{2 * FRAME_NS}"
+    first = place_map.metadata.take(np.array([0]))
+    assert int(first.place_id[0]) == 0 and int(first.stamp_ns[0]) == FRAME_NS
+    assert float(first.easting[0]) == pytest.approx(_true_east(FRAME_NS), abs=0.01)
+    assert first.source[0] == f"bag:{bag.resolve()}#/camera/image_raw@{FRAME_NS}"
+    _check_places(place_map, 2 * FRAME_NS, first_id=1, from_row=1)
     assert place_map.manifest.build["zone"] == "32U"
 
 
@@ -271,7 +274,7 @@ def test_changed_config_refuses_stale_work_dir(mcap_raw, tmp_path, _config) -> N
     with pytest.raises(BuildError, match="another configuration"):
         build_map(_config(mcap_raw[0], out))
     build_map(_config(mcap_raw[0], out, spacing_m=10.0, restart=True))
-    assert len(PlaceMap.load(out)) == 3  # keyframes at 0 (corrupt), 1, 2 and 3 s
+    assert len(PlaceMap.load(out)) == 4  # keyframes at 0 (corrupt: frame 1 stands in), 1, 2 and 3 s
 
 
 def test_shards_merge_to_the_full_map(mcap_raw, mcap_raw_map, tmp_path, _config) -> None:

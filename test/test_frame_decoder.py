@@ -37,7 +37,7 @@ def raw(encoding: str = "rgb8", step: int | None = None, data: bytes | None = No
 def test_the_builtin_decoder_is_the_default():
     assert NodeSettings().image_decoder == "builtin"
     decode, name = make_decoder(NodeSettings().image_decoder, compressed=False)
-    assert name == "builtin" and decode is decode_image_msg
+    assert name == "builtin" and decode.func is decode_image_msg  # bound to the node's max_image_pixels
     with pytest.raises(ValueError, match="image_decoder must be one of builtin, cv_bridge, got 'auto'"):
         make_decoder("auto", compressed=False)
 

@@ -667,6 +667,21 @@ def test_lifecycle_transitions_compressed_input_and_relocalize(assets: dict[str,
         ros.wait_for(lambda: stamped(ros.messages(f"{name}/pose"), 7), ANSWER_TIMEOUT_S, "the pose of frame 7", node)
         assert sorted(m.header.stamp.sec for _, m in ros.messages(f"{name}/pose")) == [1, 4, 7]
 
+        # A small JPEG whose header claims 40000 x 40000 pixels is rejected from its header (not decoded, no
+        # failure); a JPEG with camera metadata after its end marker is answered.
+        bomb = bytearray(jpeg)
+        sof = bomb.find(b"\xff\xc0")
+        bomb[sof + 5 : sof + 9] = (40000).to_bytes(2, "big") * 2
+        rejected = int(latest_diag(ros, name)["frames_rejected"])
+        msg = CompressedImage(format="jpeg", data=bytes(bomb))
+        msg.header.stamp = stamp_of(8)
+        publisher.publish(msg)
+        ros.wait_for(lambda: (d := latest_diag(ros, name)) and int(d["frames_rejected"]) == rejected + 1,
+                     ANSWER_TIMEOUT_S, "the JPEG bomb rejected", node)
+        send(9, jpeg + bytes(range(256)))
+        assert not stamped(ros.messages(f"{name}/candidates"), 8)
+        assert int(latest_diag(ros, name)["frames_failed"]) == 0
+
         assert change(Transition.TRANSITION_DEACTIVATE)
         assert state() == State.PRIMARY_STATE_INACTIVE
         ros.wait_for(lambda: publisher.get_subscription_count() == 0, 30.0, "the subscription to go away", node)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dsformer_ros.common.atomic import OutputPathError
 from dsformer_ros.maps.map_index import IndexConfig
 from dsformer_ros.maps.placemap import MapError, MapManifest, PlaceMap, PlaceMetadata
 
@@ -367,7 +368,7 @@ def test_save_replaces_previous_map(saved: tuple[PlaceMap, Path], rng: np.random
 def test_save_into_unwritable_place_leaves_nothing(tmp_path: Path, rng: np.random.Generator) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(OSError):
+    with pytest.raises(OutputPathError, match=f"output {blocker / 'map'}: {blocker} is a file, not a directory"):
         build(unit(rng, 5)).save(blocker / "map")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 

@@ -226,3 +226,39 @@ def test_bad_inputs_are_named(drive_setup: dict[str, Path], tmp_path: Path) -> N
     cfg = dataclasses.replace(_config(drive_setup, "offline"), image_topic="/nope", out=str(tmp_path / "o"))
     with pytest.raises(ValueError, match="/nope"):
         run_replay(cfg)
+
+
+def _with_bad_frames(source: Path, target: Path, bad: set[int]) -> None:
+    """A copy of the bag `source` in which the image messages numbered in `bad` carry undecodable JPEG bytes."""
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    from training.io.bag_writer import DriveLogWriter
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    with AnyReader([source], default_typestore=store) as reader, DriveLogWriter(target, "mcap") as writer:
+        image = 0
+        for conn, t, raw in reader.messages():
+            msg = reader.deserialize(raw, conn.msgtype)
+            if conn.msgtype.endswith("CompressedImage"):
+                if image in bad:
+                    msg.data = np.frombuffer(b"\xff\xd8\xff\xe0 sensor glitch", dtype=np.uint8)
+                image += 1
+            writer.write_raw(conn.topic, conn.msgtype, t, msg)
+
+
+def test_bad_frames_are_counted_and_skipped_in_both_modes(drive_setup: dict[str, Path]) -> None:
+    """Offline replay used to abort on the first bad frame and node replay to wait frame_timeout_s for each."""
+    bag = drive_setup["root"] / "query_bad_frames"
+    if not bag.exists():
+        _with_bad_frames(drive_setup["query"], bag, {3, 7, FRAMES - 1})
+    reports = {}
+    for mode in ("offline", "node"):
+        cfg = dataclasses.replace(_config(drive_setup, mode), bag=str(bag), frame_timeout_s=30.0,
+                                  out=str(drive_setup["root"] / f"report_bad_{mode}"))
+        reports[mode] = run_replay(cfg)
+    offline, node = reports["offline"], reports["node"]
+    assert offline["frames_bad"] == node["frames_bad"] == 3
+    assert node["node"]["timeouts"] == 0 and node["timing"]["replay_s"] < 3 * 30.0
+    assert offline["metrics"]["frames_answered"] == node["metrics"]["frames_answered"] == FRAMES - 3
+    assert offline["metrics"]["recall"] == node["metrics"]["recall"]

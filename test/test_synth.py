@@ -9,6 +9,7 @@ import pytest
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
+from dsformer_ros.common.atomic import OutputPathError
 from dsformer_ros.common.geometry import yaw_to_heading
 from dsformer_ros.common.utm import latlon_to_utm
 from training.io.at_names import list_images, parse_at_name
@@ -165,7 +166,7 @@ def test_at_export_parses_back_to_ground_truth(tmp_path):
         assert name.heading_deg == pytest.approx(float(yaw_to_heading(yaw)), abs=0.01)
         e, n, _, _ = latlon_to_utm(name.lat, name.lon)
         assert float(e) == pytest.approx(x, abs=0.05) and float(n) == pytest.approx(y, abs=0.05)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(OutputPathError, match="exists already; choose a new path"):
         write_drive(cfg)
 
 

@@ -59,12 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         return int(module.run(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        # Bad input (config, checkpoint, map, bag, images): its message names the problem; -v shows the traceback.
+    except (ValueError, OSError) as exc:
+        # Bad input (config, checkpoint, map, bag, images) or a path the system refuses (a directory where a file
+        # goes, no permission, disk full): its message names the problem; -v shows the traceback.
         if args.verbose:
             raise
-        print(f"dsformer-vpr {name}: error: {exc}", file=sys.stderr)
+        print(f"dsformer-vpr {name}: error: {_message(exc)}", file=sys.stderr)
         return 2
+
+
+def _message(exc: BaseException) -> str:
+    """The error text; for an operating-system error, its reason and the path it concerns."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc)
 
 
 if __name__ == "__main__":

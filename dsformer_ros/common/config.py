@@ -122,7 +122,12 @@ def _set_path(data: dict[str, Any], dotted: str, raw: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted}: {key} is not a section")
-    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    if not all(keys):
+        raise ConfigError(f"override {dotted!r}={raw!r}: the key is empty")
+    try:
+        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"override {dotted}={raw!r}: not a YAML value ({' '.join(str(exc).split())})") from None
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> T:
@@ -133,9 +138,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
         if not path.is_file():
             raise ConfigError(f"configuration file {path} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from None
+            loaded = yaml.safe_load(path.read_bytes()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"configuration file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        except RecursionError:
+            raise ConfigError(f"configuration file {path} is nested too deeply") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"configuration file {path} must hold a mapping at top level")
         _merge(data, loaded)

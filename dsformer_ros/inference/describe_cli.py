@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsformer_ros.common.atomic import atomic_save
+from dsformer_ros.common.atomic import atomic_save, check_output_file
 from dsformer_ros.common.cli import add_config_flags, config_from_args
 from dsformer_ros.common.config import ConfigError
 from dsformer_ros.common.devices import check_device_name
@@ -52,13 +52,13 @@ def run(args: argparse.Namespace) -> int:
     from dsformer_ros.model.loading import load_model
 
     cfg = config_from_args(DescribeConfig, args)
+    out = check_output_file(cfg.out)
     if not cfg.checkpoint:
         log.warning("no checkpoint given: describing with an UNTRAINED %s (ImageNet backbone, random transformer)",
                     cfg.variant or "efficientnet_lite0")
     model = load_model(cfg.checkpoint or None, variant=cfg.variant or None, device=cfg.device)
     extractor = DescriptorExtractor(model, batch_size=cfg.batch_size, precision=cfg.precision)
     descriptors = extractor.describe_paths(cfg.images, progress=True)
-    out = Path(cfg.out)
     atomic_save(out, lambda tmp: _write_npy(tmp, descriptors))
     log.info("wrote %d descriptors of dimension %d to %s", len(descriptors), descriptors.shape[1], out)
     return 0

@@ -15,6 +15,10 @@ from dsformer_ros.inference.preprocess import PreprocessConfig, as_rgb_uint8, pr
 from dsformer_ros.model.dsformer import DSFormer, ModelConfig
 
 
+class DescriptorError(ValueError):
+    """The model produced descriptors that cannot be used (NaN, inf or all zero); none of them leaves the extractor."""
+
+
 class DescriptorExtractor:
     """Preprocessing and batching by output size around one backend (a DSFormer module means the torch backend).
 
@@ -94,8 +98,17 @@ class DescriptorExtractor:
         return to_dict(self.preprocess_config)
 
     def describe_tensor(self, batch: torch.Tensor) -> torch.Tensor:
-        """Normalised (B, 3, H, W) tensor -> (B, D) float32 unit descriptors (on the backend's device)."""
-        return torch.nn.functional.normalize(self.backend.forward(batch).float(), dim=1)
+        """Normalised (B, 3, H, W) tensor -> (B, D) float32 unit descriptors (on the backend's device); DescriptorError
+        when any is not finite or zero, so no NaN reaches a map, a descriptor file or a published message."""
+        out = self.backend.forward(batch).float()
+        norms = torch.linalg.vector_norm(out, dim=1)
+        bad = ~torch.isfinite(norms) | (norms == 0)
+        if bool(bad.any()):
+            raise DescriptorError(
+                f"the model produced {int(bad.sum())} of {out.shape[0]} descriptor(s) that are NaN, inf or zero "
+                f"(broken weights, or overflow at {self.precision}); refusing to use them"
+            )
+        return torch.nn.functional.normalize(out, dim=1)
 
     def describe(self, images: Sequence[np.ndarray], bgr: bool = False, progress: bool = False) -> np.ndarray:
         """uint8 H x W x 3 images (RGB, or BGR with bgr=True) -> float32 (N, D) descriptors in input order."""
@@ -104,14 +117,13 @@ class DescriptorExtractor:
         rgb_images = [as_rgb_uint8(image, bgr=bgr) for image in images]
         for i, rgb in enumerate(rgb_images):
             groups.setdefault(self.preprocess_config.output_size(rgb.shape[0], rgb.shape[1]), []).append(i)
-        bar = tqdm(total=len(images), desc="describe", unit="img", disable=not progress)
-        for indices in groups.values():
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start : start + self.batch_size]
-                tensor = preprocess([rgb_images[i] for i in chunk], self.preprocess_config)
-                out[chunk] = self.describe_tensor(tensor).cpu().numpy()
-                bar.update(len(chunk))
-        bar.close()
+        with tqdm(total=len(images), desc="describe", unit="img", disable=not progress) as bar:
+            for indices in groups.values():
+                for start in range(0, len(indices), self.batch_size):
+                    chunk = indices[start : start + self.batch_size]
+                    tensor = preprocess([rgb_images[i] for i in chunk], self.preprocess_config)
+                    out[chunk] = self.describe_tensor(tensor).cpu().numpy()
+                    bar.update(len(chunk))
         return out
 
     def describe_paths(self, paths: Iterable[str | Path], progress: bool = False) -> np.ndarray:
@@ -152,10 +164,9 @@ def describe_files(
     """Read image files batch by batch and stack `describe(batch_of_rgb)` into float32 (N, dim)."""
     paths = list(paths)
     out = np.zeros((len(paths), dim), dtype=np.float32)
-    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        out[start : start + len(chunk)] = describe([read_image(p) for p in chunk])
-        bar.update(len(chunk))
-    bar.close()
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:  # closed before any error line
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            out[start : start + len(chunk)] = describe([read_image(p) for p in chunk])
+            bar.update(len(chunk))
     return out

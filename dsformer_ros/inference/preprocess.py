@@ -1,6 +1,7 @@
 """uint8 camera images (RGB or BGR, as ROS images come) -> the normalised float tensor the model takes."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -10,6 +11,9 @@ import numpy as np
 import torch
 
 from dsformer_ros.common.config import ConfigError
+from dsformer_ros.inference.image_codec import MAX_PIXELS, ImageDecodeError, decode_compressed
+
+MAX_SIDE = 8192  # largest model input side: beyond it a (hostile) map or config would allocate gigabytes per frame
 
 
 class ImageError(ValueError):
@@ -35,6 +39,14 @@ class PreprocessConfig:
             raise ConfigError(f"size: expected (height, width) > 0, got {self.size}")
         if self.short_side < 1 or self.multiple < 1:
             raise ConfigError("short_side and multiple must be >= 1")
+        if max(self.size) > MAX_SIDE or self.short_side > MAX_SIDE or self.multiple > MAX_SIDE:
+            raise ConfigError(f"size, short_side and multiple must be at most {MAX_SIDE} pixels")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                raise ConfigError(f"{name}: expected three finite numbers (R, G, B), got {list(values)}")
+        if min(self.std) <= 0:
+            raise ConfigError(f"std: every channel's standard deviation must be > 0, got {list(self.std)}")
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) the model sees for an input of height x width."""
@@ -114,12 +126,20 @@ def preprocess(images: Sequence[np.ndarray], config: PreprocessConfig, bgr: bool
     return normalise(np.stack(resized), config)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as H x W x 3 RGB uint8, with a clear error for missing or undecodable files."""
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read a JPEG or PNG file as H x W x 3 RGB uint8; its header size is checked against `max_pixels` first."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
-    bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ImageError(f"image {path} cannot be decoded")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
+    data = np.fromfile(path, dtype=np.uint8)
+    head = data[:8].tobytes()
+    if head.startswith(b"\xff\xd8"):
+        kind = "jpeg"
+    elif head.startswith(b"\x89PNG"):
+        kind = "png"
+    else:
+        raise ImageError(f"image {path} cannot be decoded: not a JPEG or PNG file (first bytes {head[:4].hex()})")
+    try:
+        return decode_compressed(kind, data, max_pixels)
+    except ImageDecodeError as exc:
+        raise ImageError(f"image {path} cannot be decoded: {exc}") from None

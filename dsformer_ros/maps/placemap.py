@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import logging
+import math
+import re
 from pathlib import Path
 
 import faiss
@@ -21,6 +22,7 @@ import numpy as np
 
 from dsformer_ros.common.atomic import atomic_directory, atomic_write_text
 from dsformer_ros.common.config import ConfigError, from_dict, to_dict
+from dsformer_ros.common.datafiles import file_sha256
 from dsformer_ros.maps.map_index import IndexConfig, apply_search_params, build_index, index_kind_matches, read_flags
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,14 @@ _DTYPES = ("float32", "float16")
 _NORM_TOLERANCE = 1e-2
 _LETTERS = set("CDEFGHJKLMNPQRSTUVWX")
 _CHUNK = 65536
+_MAX_MANIFEST_BYTES = 16 << 20
+_HEX = set("0123456789abcdef")
+# UTM coordinates that exist: easting within a zone (the 6-degree zone is < 1000 km wide), northing from the
+# equator (north) or the false northing 10,000 km (south); latitudes -80..84, longitudes -180..180.
+_EASTING_RANGE = (0.0, 1_000_000.0)
+_NORTHING_RANGE = (0.0, 10_000_000.0)
+_CROSS_CHECK_ROWS = 32
+_CROSS_CHECK_MIN_COSINE = 0.98  # sq8 codes reconstruct to > 0.999 of their vector; a foreign vector is far below
 
 
 class MapError(ValueError):
@@ -116,10 +126,27 @@ class PlaceMetadata:
         if np.unique(self.place_id).shape[0] != n:
             values, counts = np.unique(self.place_id, return_counts=True)
             raise MapError(f"place_id values must be unique; {int(values[counts > 1][0])} appears more than once")
-        for name in ("easting", "northing"):
-            bad = ~np.isfinite(getattr(self, name))
+        for name, (low, high) in (("easting", _EASTING_RANGE), ("northing", _NORTHING_RANGE)):
+            values = getattr(self, name)
+            bad = ~np.isfinite(values)
             if bad.any():
                 raise MapError(f"metadata {name} must be finite; row {int(np.flatnonzero(bad)[0])} is not")
+            bad = (values < low) | (values > high)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise MapError(f"metadata {name} must be a UTM coordinate in {low:.0f}..{high:.0f} m; "
+                               f"row {row} has {values[row]}")
+        for name, limit in (("lat", 90.0), ("lon", 180.0)):
+            values = getattr(self, name)
+            bad = np.isinf(values) | (np.abs(np.nan_to_num(values)) > limit)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise MapError(
+                    f"metadata {name} must be NaN or within +-{limit:g} degrees; row {row} has {values[row]}"
+                )
+        for name, kind in self._KINDS.items():
+            if kind == "str":
+                _check_code_points(name, getattr(self, name))
         zones = np.unique(self.zone_number)
         if zones.shape[0] != 1:
             raise MapError(f"a map must lie in a single UTM zone; found zones {zones.tolist()}")
@@ -135,6 +162,16 @@ class PlaceMetadata:
             raise MapError(f"metadata heading_deg must be finite or NaN; row {int(np.flatnonzero(bad_heading)[0])}")
         if (self.stamp_ns < 0).any():
             raise MapError(f"metadata stamp_ns must be >= 0; row {int(np.flatnonzero(self.stamp_ns < 0)[0])}")
+
+
+def _check_code_points(name: str, values: np.ndarray) -> None:
+    """Raise MapError when a string column holds code points that are not Unicode (damaged or hostile file)."""
+    for start in range(0, values.shape[0], _CHUNK):
+        codes = np.ascontiguousarray(values[start : start + _CHUNK]).view(np.uint32)
+        bad = (codes > 0x10FFFF) | ((codes >= 0xD800) & (codes <= 0xDFFF))
+        if bad.any():
+            row = start + int(np.flatnonzero(bad.reshape(codes.shape[0], -1).any(axis=1))[0])
+            raise MapError(f"metadata {name} row {row} holds invalid Unicode (a damaged file?)")
 
 
 @dataclasses.dataclass
@@ -160,12 +197,26 @@ class MapManifest:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "MapManifest":
+    def read(cls, path: Path) -> "MapManifest":
+        """Read and parse a manifest file; every decoding problem is a MapError naming the file."""
+        size = path.stat().st_size
+        if size > _MAX_MANIFEST_BYTES:
+            raise MapError(f"{path} is {size} bytes; a manifest is at most {_MAX_MANIFEST_BYTES}")
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MapError(f"{path} is not UTF-8 text: byte {exc.start} cannot be decoded") from None
+        return cls.from_json(text, str(path))
+
+    @classmethod
+    def from_json(cls, text: str, source: str = MANIFEST) -> "MapManifest":
         """Parse manifest JSON, raising MapError on a missing or mistyped field or an unsupported version."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise MapError(f"{MANIFEST} is not valid JSON: {exc}") from None
+            raise MapError(f"{source} is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise MapError(f"{source} is nested too deeply to be a map manifest") from None
         if not isinstance(data, dict):
             raise MapError(f"{MANIFEST} must hold a JSON object")
         version = data.get("format_version")
@@ -188,6 +239,15 @@ class MapManifest:
         unknown = sorted(set(data) - set(types))
         if unknown:
             raise MapError(f"{MANIFEST} has unknown field(s) {unknown}")
+        allowed = set(map_file_names())
+        for name, digest in data["files"].items():
+            if name not in allowed:
+                raise MapError(
+                    f"{MANIFEST} lists the file {name!r}, which is not a map file; a map may only name its own "
+                    f"files ({', '.join(sorted(allowed))})"
+                )
+            if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _HEX:
+                raise MapError(f"{MANIFEST} checksum of {name} must be 64 lower-case hex digits, got {digest!r}")
         return cls(**{name: data[name] for name in types if name in data})
 
     def index_config(self) -> IndexConfig:
@@ -213,10 +273,9 @@ class SearchResult:
         return self._metadata.take(rows[rows >= 0])
 
 
-def _sha256(path: Path) -> str:
-    """SHA-256 of a file, streamed in chunks."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+def map_file_names() -> list[str]:
+    """The files of a map directory besides the manifest: descriptors, index and one file per metadata column."""
+    return [DESCRIPTORS, INDEX] + [f"places.{name}.npy" for name in PlaceMetadata.columns()]
 
 
 def _check_descriptors(descriptors: np.ndarray, start: int = 0) -> None:
@@ -327,9 +386,12 @@ class PlaceMap:
             for name in PlaceMetadata.columns():
                 file_name = f"places.{name}.npy"
                 np.save(tmp / file_name, np.ascontiguousarray(getattr(self.metadata, name)), allow_pickle=False)
-                files[file_name] = _sha256(tmp / file_name)
-            faiss.write_index(self.index, str(tmp / INDEX))
-            files[INDEX] = _sha256(tmp / INDEX)
+                files[file_name] = file_sha256(tmp / file_name)
+            try:
+                faiss.write_index(self.index, str(tmp / INDEX))
+            except RuntimeError as exc:  # FAISS reports failed writes (disk full) as RuntimeError
+                raise MapError(f"cannot write map {path}: writing {INDEX} failed: {_faiss_reason(exc)}") from None
+            files[INDEX] = file_sha256(tmp / INDEX)
             out = np.lib.format.open_memmap(
                 tmp / DESCRIPTORS, mode="w+", dtype=self.manifest.descriptor_dtype, shape=self.descriptors.shape
             )
@@ -339,7 +401,7 @@ class PlaceMap:
                 out[start : start + _CHUNK] = chunk
             out.flush()
             del out
-            files[DESCRIPTORS] = _sha256(tmp / DESCRIPTORS)
+            files[DESCRIPTORS] = file_sha256(tmp / DESCRIPTORS)
             self.manifest.files = dict(sorted(files.items()))
             (tmp / MANIFEST).write_text(self.manifest.to_json())
         log.info("saved map of %d places to %s", len(self), path)
@@ -361,21 +423,22 @@ class PlaceMap:
             raise MapError(f"map {path} does not exist or is not a directory")
         if not (path / MANIFEST).is_file():
             raise MapError(f"map {path} has no {MANIFEST}")
-        manifest = MapManifest.from_json((path / MANIFEST).read_text())
+        manifest = MapManifest.read(path / MANIFEST)
         _check_expectations(manifest, expect_variant, expect_checkpoint_sha256, expect_dim)
         if manifest.descriptor_dtype not in _DTYPES:
             raise MapError(f"{MANIFEST} descriptor_dtype {manifest.descriptor_dtype!r} is not one of {_DTYPES}")
-        required = [DESCRIPTORS, INDEX] + [f"places.{name}.npy" for name in PlaceMetadata.columns()]
-        for name in required:
+        for name in map_file_names():
             if name not in manifest.files:
                 raise MapError(f"{MANIFEST} lists no checksum for {name}")
+            if (path / name).is_symlink():
+                raise MapError(f"map {path}: {name} is a symbolic link; a map may only hold its own files")
             if not (path / name).is_file():
                 raise MapError(f"map {path} is missing file {name}")
         if verify_checksums:
             for name, expected in manifest.files.items():
                 if not (path / name).is_file():
                     raise MapError(f"map {path} is missing file {name}")
-                actual = _sha256(path / name)
+                actual = file_sha256(path / name)
                 if actual != expected:
                     raise MapError(f"checksum mismatch for {name}: manifest says {expected}, file has {actual}")
         mode = "r" if mmap else None
@@ -411,8 +474,34 @@ class PlaceMap:
         if not index_kind_matches(index, config):
             raise MapError(f"{INDEX} is not a {config.kind}/{config.storage} index as the manifest says")
         apply_search_params(index, config)
+        place_map = cls(descriptors, metadata, manifest, index)
+        place_map.cross_check_index()
         log.info("loaded map of %d places (%s, %s index) from %s", manifest.count, manifest.model_variant, config.kind, path)
-        return cls(descriptors, metadata, manifest, index)
+        return place_map
+
+    def cross_check_index(self, rows: int = _CROSS_CHECK_ROWS) -> None:
+        """Raise MapError unless the index holds these descriptors: a sample of rows, spread over the map, must come
+        back from the index (reconstructed, or for IVF found by search) as the same vectors, with row ids in range."""
+        count = len(self)
+        sample = np.unique(np.linspace(0, count - 1, min(count, rows)).round().astype(np.int64))
+        expected = _as_index_vectors(np.asarray(self.descriptors[sample]))
+        if self.manifest.index_config().kind == "ivf":
+            _check_ivf_ids(self.index, count)
+            _, found = self.index.search(expected, 1)
+            found = found[:, 0]
+            if (found < 0).any():
+                raise MapError(f"{INDEX} does not find row {int(sample[found < 0][0])} of {DESCRIPTORS}")
+            got = _as_index_vectors(np.asarray(self.descriptors[found]))
+        else:
+            got = np.stack([self.index.reconstruct(int(r)) for r in sample])
+        cosine = np.einsum("ij,ij->i", got, expected)
+        bad = ~(cosine >= _CROSS_CHECK_MIN_COSINE)
+        if bad.any():
+            row = int(sample[np.flatnonzero(bad)[0]])
+            raise MapError(
+                f"{INDEX} does not hold the vectors of {DESCRIPTORS}: row {row} has cosine similarity "
+                f"{cosine[np.flatnonzero(bad)[0]]:.3f} to its index vector (an index of another map?)"
+            )
 
     def search(self, queries: np.ndarray, k: int) -> SearchResult:
         """Top-k places for each query descriptor (queries (Q, D) float32, L2-normalised), best first."""
@@ -428,6 +517,11 @@ class PlaceMap:
             raise MapError("queries must be finite (no NaN or inf)")
         scores, rows = self.index.search(queries, int(k))
         rows = rows.astype(np.int64, copy=False)
+        outside = (rows < -1) | (rows >= len(self))
+        if outside.any():
+            raise MapError(
+                f"{INDEX} returned row {int(rows[outside][0])} for a map of {len(self)} places (corrupt index)"
+            )
         missing = rows < 0
         scores = np.where(missing, -np.inf, scores).astype(np.float32)
         place_ids = np.where(missing, -1, np.asarray(self.metadata.place_id)[np.where(missing, 0, rows)])
@@ -454,6 +548,27 @@ class PlaceMap:
         return self._spacing
 
 
+def _faiss_reason(exc: RuntimeError) -> str:
+    """The system's reason at the end of a FAISS I/O error ('... (No space left on device)'), else its whole text."""
+    text = " ".join(str(exc).split())
+    match = re.search(r"\(([^()]+)\)$", text)
+    return match.group(1) if match else text
+
+
+def _check_ivf_ids(index: faiss.Index, count: int) -> None:
+    """Raise MapError unless every id in the IVF lists is a row of the map (0..count-1)."""
+    ivf = faiss.extract_index_ivf(index)
+    invlists = ivf.invlists
+    for list_no in range(ivf.nlist):
+        size = invlists.list_size(list_no)
+        if not size:
+            continue
+        ids = faiss.rev_swig_ptr(invlists.get_ids(list_no), size)
+        if ids.min() < 0 or ids.max() >= count:
+            bad = int(ids[(ids < 0) | (ids >= count)][0])
+            raise MapError(f"{INDEX} holds row id {bad} in list {list_no}, outside the map's {count} places")
+
+
 def _check_expectations(
     manifest: MapManifest, variant: str | None, checkpoint: str | None, dim: int | None
 ) -> None:
@@ -470,7 +585,26 @@ def _check_expectations(
 
 
 def _load_npy(path: Path, mode: str | None) -> np.ndarray:
-    """np.load without pickle; a truncated or malformed file becomes a MapError naming it."""
+    """np.load without pickle after checking the header against the file size (a damaged header can neither crash
+    the parser nor make numpy allocate more than the file holds); any problem becomes a MapError naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            offset = fh.tell()
+    except Exception as exc:  # numpy raises assorted types (ValueError, SyntaxError, TokenError...) for damaged headers
+        raise MapError(f"{path.name} is corrupt or truncated: bad .npy header ({type(exc).__name__}: {exc})") from None
+    if dtype.hasobject:
+        raise MapError(f"{path.name} holds Python objects; map files hold plain numbers and strings")
+    expected = offset + math.prod(shape) * dtype.itemsize
+    if path.stat().st_size != expected:
+        raise MapError(
+            f"{path.name} is corrupt or truncated: its header says {dtype} {shape} ({expected} bytes), "
+            f"the file has {path.stat().st_size}"
+        )
     try:
         return np.load(path, mmap_mode=mode, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

@@ -1,6 +1,8 @@
 """Reading and writing DSFormer checkpoints: the authors' raw state_dict and our own format (weights + config).
 
-Both are read with `torch.load(..., weights_only=True)`: a checkpoint is data, never code.
+Both are read with `torch.load(..., weights_only=True)` after a zip-bomb check (dsformer_ros.common.datafiles): a
+checkpoint is data, never code. What it holds is checked before use: config and provenance must be mappings, every
+weight a real CPU tensor (not on the meta device), finite, and not all zero.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 
 from dsformer_ros.common.atomic import atomic_save
 from dsformer_ros.common.config import ConfigError, from_dict, to_dict
+from dsformer_ros.common.datafiles import file_sha256, load_torch_file
 from dsformer_ros.model.dsformer import DSFormer, ModelConfig, preset
 
 FORMAT = "dsformer_ros.checkpoint"
@@ -34,15 +37,6 @@ class Checkpoint:
     provenance: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
     path: str = ""
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
@@ -78,13 +72,26 @@ def infer_variant(state_dict: dict[str, torch.Tensor]) -> str:
 def _raw_load(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types (KeyError, UnpicklingError, RuntimeError...) for bad files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read (truncated, corrupt or not a PyTorch file): {first_line}"
-        ) from None
+    return load_torch_file(path, "checkpoint", CheckpointError)
+
+
+def check_weights(state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Raise CheckpointError unless every tensor holds real values: not on the meta device, finite, and not all
+    floating-point matrices zero (weights that were never trained or were wiped)."""
+    any_matrix = any_nonzero = False
+    for name, tensor in state_dict.items():
+        if tensor.is_meta or tensor.device.type != "cpu":
+            raise CheckpointError(f"{source}: weight {name!r} is on the {tensor.device.type} device and holds no data")
+        if not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{source}: weight {name!r} has {bad} non-finite value(s) (NaN or inf)")
+        if tensor.ndim >= 2:
+            any_matrix = True
+            any_nonzero = any_nonzero or bool(tensor.any())
+    if any_matrix and not any_nonzero:
+        raise CheckpointError(f"{source}: every weight matrix is all zeros (an untrained or wiped checkpoint)")
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -122,16 +129,22 @@ def read_checkpoint(path: str | Path, variant: str | None = None) -> Checkpoint:
         version = obj.get("version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise CheckpointError(f"checkpoint {path} has format version {version!r}; this build reads <= {FORMAT_VERSION}")
+        raw_config, provenance = obj.get("config"), obj.get("provenance", {})
+        if not isinstance(raw_config, dict) or not all(isinstance(k, str) for k in raw_config):
+            raise CheckpointError(f"checkpoint {path} has no model config mapping (got {type(raw_config).__name__})")
+        if not isinstance(provenance, dict) or not all(isinstance(k, str) for k in provenance):
+            raise CheckpointError(f"checkpoint {path}: provenance must be a mapping, got {type(provenance).__name__}")
         try:
-            config = from_dict(ModelConfig, _retire_dino_intermediate_norm(dict(obj["config"]), path))
-        except (ConfigError, KeyError, TypeError) as exc:
+            config = from_dict(ModelConfig, _retire_dino_intermediate_norm(dict(raw_config), path))
+        except (ConfigError, KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CheckpointError(f"checkpoint {path} has an invalid model config: {exc}") from None
         state_dict = obj.get("state_dict")
         if not _is_state_dict(state_dict):
             raise CheckpointError(f"checkpoint {path} has no valid state_dict")
         if variant is not None and variant != config.variant:
             raise CheckpointError(f"checkpoint {path} holds variant {config.variant!r}, not {variant!r}")
-        return Checkpoint(state_dict, config, dict(obj.get("provenance") or {}), sha, str(path))
+        check_weights(state_dict, f"checkpoint {path}")
+        return Checkpoint(state_dict, config, dict(provenance), sha, str(path))
     if isinstance(obj, dict) and "state_dict" in obj and _is_state_dict(obj["state_dict"]):
         obj = obj["state_dict"]
     if not _is_state_dict(obj):
@@ -141,6 +154,7 @@ def read_checkpoint(path: str | Path, variant: str | None = None) -> Checkpoint:
         )
     state_dict = strip_module_prefix(obj)
     inferred = infer_variant(state_dict)
+    check_weights(state_dict, f"checkpoint {path}")
     config = preset(variant or inferred)
     provenance = {"source": "official state_dict", "file": path.name}
     return Checkpoint(state_dict, config, provenance, sha, str(path))

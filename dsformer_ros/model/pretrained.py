@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from dsformer_ros.common.datafiles import load_torch_file
 from dsformer_ros.model.checkpoint import CheckpointError
 from dsformer_ros.model.dsformer import DSFormer
 
@@ -38,10 +39,7 @@ def _load_file(path: str | Path, what: str) -> dict[str, torch.Tensor]:
         raise PretrainedWeightsError(
             f"{what} weights file {path} does not exist (weights are never downloaded: pass a local file)"
         )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt files
-        raise PretrainedWeightsError(f"{what} weights file {path} cannot be read: {exc}") from None
+    obj = load_torch_file(path, f"{what} weights file", PretrainedWeightsError)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):

@@ -7,6 +7,7 @@ used only when asked for (`image_decoder: cv_bridge`), imported lazily, and its 
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from typing import Any, Callable
@@ -14,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dsformer_ros.inference.image_codec import (
+    MAX_PIXELS,
     RAW_ENCODINGS,
     ImageDecodeError,
     check_compressed,
@@ -52,16 +54,16 @@ def in_host_byte_order(msg: Any) -> Any:
     )
 
 
-def _cv_bridge_decoder(compressed: bool) -> Callable[[Any], np.ndarray]:
+def _cv_bridge_decoder(compressed: bool, max_pixels: int) -> Callable[[Any], np.ndarray]:
     from cv_bridge import CvBridge
 
     bridge = CvBridge()
 
     def decode(msg: Any) -> np.ndarray:
         if compressed:
-            check_compressed(msg.format, msg.data)
+            check_compressed(msg.format, msg.data, max_pixels)
         else:
-            check_raw_image(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+            check_raw_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, max_pixels)
             msg = in_host_byte_order(msg)
         try:
             if compressed:
@@ -77,12 +79,14 @@ def _cv_bridge_decoder(compressed: bool) -> Callable[[Any], np.ndarray]:
     return decode
 
 
-def make_decoder(decoder: str, compressed: bool) -> tuple[Callable[[Any], np.ndarray], str]:
+def make_decoder(
+    decoder: str, compressed: bool, max_pixels: int = MAX_PIXELS
+) -> tuple[Callable[[Any], np.ndarray], str]:
     """A function message -> RGB uint8 (H, W, 3) raising ImageDecodeError, and the name of the implementation used."""
     if decoder not in DECODERS:
         raise ValueError(f"image_decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
     if decoder == "cv_bridge":
         if not cv_bridge_available():
             raise ValueError("image_decoder is 'cv_bridge' but cv_bridge is not installed (use 'builtin')")
-        return _cv_bridge_decoder(compressed), "cv_bridge"
-    return decode_image_msg, "builtin"
+        return _cv_bridge_decoder(compressed, max_pixels), "cv_bridge"
+    return functools.partial(decode_image_msg, max_pixels=max_pixels), "builtin"

@@ -90,8 +90,11 @@ def ros_arguments(args: argparse.Namespace) -> list[str]:
     if not args.params_file:
         raise ValueError("--params-file is required")
     params_file = Path(args.params_file)
+    if params_file.is_dir():
+        raise ValueError(f"--params-file {params_file} is a directory, not a parameter file")
     if not params_file.is_file():
         raise FileNotFoundError(f"--params-file {params_file} does not exist")
+    check_params_file(params_file)
     out = ["--ros-args", "--params-file", str(params_file)]
     for item in args.set_param:
         if ":=" not in item:
@@ -100,6 +103,34 @@ def ros_arguments(args: argparse.Namespace) -> list[str]:
     if args.log_level:
         out += ["--log-level", args.log_level]
     return out
+
+
+def _check_section(path: Path, name: str, section: object, depth: int = 0) -> None:
+    if isinstance(section, dict) and "ros__parameters" in section:
+        if not isinstance(section["ros__parameters"], dict):
+            raise ValueError(f"--params-file {path}: {name}/ros__parameters must be a mapping of parameter values")
+        return
+    if not isinstance(section, dict) or not section or depth > 8:
+        raise ValueError(f"--params-file {path}: section {name!r} holds no 'ros__parameters' mapping")
+    for key, value in section.items():
+        _check_section(path, f"{name}/{key}", value, depth + 1)
+
+
+def check_params_file(path: Path) -> None:
+    """Raise ValueError unless `path` is a ROS 2 parameter file: YAML mapping node names (or namespaces) to
+    `ros__parameters` mappings; rcl would otherwise fail at init with a traceback."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_bytes())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--params-file {path} is not YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ValueError(f"--params-file {path} is nested too deeply to be a parameter file") from None
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"--params-file {path} must map node names to parameters ('/**: ros__parameters: ...')")
+    for name, section in data.items():
+        _check_section(path, str(name), section)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         ros_args = ros_arguments(args)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"dsformer-vpr node: {exc}", file=sys.stderr)
+        print(f"dsformer-vpr node: error: {exc}", file=sys.stderr)
         return EXIT_BAD_PARAMETER
     return main(ros_args)
 

@@ -86,7 +86,9 @@ class VprNode(LifecycleNode):
         """Read parameters, load and match checkpoint + map, warm up, create publishers."""
         try:
             settings, config = read_settings(self)
-            decode, decoder_name = make_decoder(settings.image_decoder, settings.input_type == "compressed")
+            decode, decoder_name = make_decoder(
+                settings.image_decoder, settings.input_type == "compressed", settings.max_image_pixels
+            )
             if settings.torch_threads > 0:
                 import torch
 

@@ -12,6 +12,7 @@ import yaml
 
 from dsformer_ros.common.config import ConfigError, from_dict
 from dsformer_ros.common.params import Spec, check_fields, setting, specs
+from dsformer_ros.inference.image_codec import MAX_PIXELS
 from dsformer_ros.localization.localizer import ACCEPT, MODEL, AcceptanceConfig, LocalizerConfig
 from dsformer_ros.localization.sequence import SEQUENCE, SequenceConfig
 from dsformer_ros.ros.frame_decoder import DECODERS
@@ -56,6 +57,12 @@ class NodeSettings:
         "Image conversion: builtin (the tested default) or cv_bridge (must be installed). Both refuse malformed "
         "messages (encoding, size, step, data length, JPEG/PNG markers) the same way before converting.",
         choices=DECODERS, section=INPUT,
+    )
+    max_image_pixels: int = setting(
+        MAX_PIXELS,
+        "Largest image (width x height) accepted; larger ones are rejected from their header, before decoding, "
+        "so a hostile or broken message cannot exhaust memory.",
+        low=1, high=1_000_000_000, section=INPUT,
     )
     max_rate_hz: float = setting(
         0.0,

@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, Iterator
 
 import numpy as np
-from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
 from dsformer_ros.common.geometry import quaternion_to_yaw, stamp_to_ns
@@ -96,16 +96,20 @@ def resolve_bag_path(path: str | Path) -> Path:
     return path
 
 
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}" if str(exc).strip() else type(exc).__name__
+
+
 class DriveLogReader:
     """An open drive log (context manager): topic listing, image frames and GPS/odometry records, all streamed."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = resolve_bag_path(path)
-        self._reader = AnyReader([self.path], default_typestore=get_typestore(Stores.ROS2_KILTED))
         try:
+            self._reader = AnyReader([self.path], default_typestore=get_typestore(Stores.ROS2_KILTED))
             self._reader.open()
-        except (AnyReaderError, OSError) as exc:
-            raise BagError(f"cannot open drive log {self.path}: {exc}") from None
+        except Exception as exc:  # rosbags and its sqlite/MCAP layers raise assorted types for damaged files
+            raise BagError(f"cannot open drive log {self.path} (damaged or not a bag?): {_one_line(exc)}") from None
 
     def __enter__(self) -> DriveLogReader:
         return self
@@ -122,6 +126,19 @@ class DriveLogReader:
     def topics(self) -> dict[str, str]:
         """Topic name -> message type of every connection in the bag."""
         return {c.topic: c.msgtype for c in self._reader.connections}
+
+    def _messages(self, conns: list[Any], topic: str, **kwargs: Any) -> Iterator[tuple[Any, int, bytes]]:
+        """rosbags' message stream; a damaged storage (corrupt sqlite page, broken MCAP chunk) ends it with one
+        BagError naming the bag and the topic, whatever layer noticed."""
+        stream = self._reader.messages(conns, **kwargs)
+        while True:
+            try:
+                item = next(stream)
+            except StopIteration:
+                return
+            except Exception as exc:  # apsw.CorruptError, MCAP decoding errors, ...
+                raise BagError(f"drive log {self.path} is damaged while reading {topic}: {_one_line(exc)}") from None
+            yield item
 
     def _connections(self, topic: str, types: tuple[str, ...], what: str) -> list[Any]:
         conns = [c for c in self._reader.connections if c.topic == topic]
@@ -154,7 +171,7 @@ class DriveLogReader:
         `msg=None`, their bag time as stamp and `error` set, so indices stay aligned."""
         conns = self._connections(topic, IMAGE_TYPES, "image")
         index = first_index
-        for conn, bag_time, raw in self._reader.messages(conns, start=start_ns, stop=stop_ns):
+        for conn, bag_time, raw in self._messages(conns, topic, start=start_ns, stop=stop_ns):
             try:
                 msg = self._reader.deserialize(raw, conn.msgtype)
                 frame = ImageFrame(index, stamp_to_ns(msg.header.stamp), int(bag_time), msg)
@@ -165,7 +182,7 @@ class DriveLogReader:
 
     def _readable(self, topic: str, msgtype: str, what: str) -> Iterator[Any]:
         """Deserialized messages of one type on `topic` in bag order; damaged ones are logged and skipped."""
-        for conn, _, raw in self._reader.messages(self._connections(topic, (msgtype,), what)):
+        for conn, _, raw in self._messages(self._connections(topic, (msgtype,), what), topic):
             try:
                 yield self._reader.deserialize(raw, conn.msgtype)
             except Exception as exc:  # rosbags raises assorted errors on damaged CDR

@@ -18,6 +18,7 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from dsformer_ros.common.atomic import OutputPathError
 from dsformer_ros.common.geometry import ns_to_stamp, yaw_to_quaternion
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ STATUS_FIX = 0
 STATUS_NO_FIX = -1
 
 
-class BagExistsError(FileExistsError):
+class BagExistsError(OutputPathError):
     """The output bag path exists already; bags are never overwritten."""
 
 

@@ -9,6 +9,7 @@ The map appears at `out` only when complete. `shard: i/n` builds the i-th of n c
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dsformer_ros.common.atomic import atomic_save, atomic_write_text
+from dsformer_ros.common.atomic import atomic_save, atomic_write_text, check_output_directory
 from dsformer_ros.common.cli import add_config_flags, config_from_args
 from dsformer_ros.common.config import ConfigError, to_dict
 from dsformer_ros.common.devices import check_device_name
@@ -43,8 +44,11 @@ from dsformer_ros.model.loading import load_model
 from training.io.at_names import AtNameError, list_images, read_at_folder
 from training.io.bag_reader import DriveLogReader, resolve_bag_path
 from training.maps.track import (
+    MotionGate,
     Track,
     TrackError,
+    check_frame_stamps,
+    keyframe_alternates,
     parse_utm_zone,
     position_frames,
     select_keyframes,
@@ -60,6 +64,7 @@ UNREADABLE = "unreadable_message"
 DECODE_ERROR = "image_decode_error"
 BETWEEN_KEYFRAMES = "between_keyframes"
 _MAX_LOGGED_ERRORS = 10
+MAX_ALTERNATES = 3  # frames kept per keyframe to stand in for it when its image cannot be decoded (plan size)
 METHODS = ("dsformer", "raw_pixels")
 
 
@@ -92,6 +97,7 @@ class BuildMapConfig:
     heading_baseline_m: float = setting(2.0, "track length over which headings are measured", low=0.001)
     max_fix_gap_s: float = setting(1.5, "a frame needs a position this close in time on each side", low=0.001)
     max_horizontal_std_m: float = setting(5.0, "positions with a larger horizontal std are dropped", low=0.001)
+    gps_gate: MotionGate = dataclasses.field(default_factory=MotionGate)
     chunk_size: int = setting(256, "keyframes per resumable chunk", low=1)
     shard: str = setting("0/1", "'i/n': build the i-th of n slices; 'auto': RANK/WORLD_SIZE (torchrun)")
     index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
@@ -168,6 +174,10 @@ class Plan:
     zone_number: int
     zone_letter: str
     info: dict
+    # stand-ins for keyframes that fail to decode (see `track.keyframe_alternates`): per row (keyframe row,
+    # stream index, bag time, stamp) and (easting, northing, lat, lon, heading_deg)
+    alt_ints: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 4), dtype=np.int64))
+    alt_floats: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 5), dtype=np.float64))
 
     def save(self, path: Path) -> None:
         """Write the plan atomically (npz, no pickle)."""
@@ -185,15 +195,26 @@ class Plan:
             arrays = {name: data[name] for name in data.files if name != "meta"}
         return cls(**arrays, zone_number=meta["zone_number"], zone_letter=meta["zone_letter"], info=meta["info"])
 
-    def metadata(self, rows: np.ndarray) -> PlaceMetadata:
-        """PlaceMetadata of plan rows."""
+    def metadata(self, rows: np.ndarray, stand_ins: dict[int, int] | None = None) -> PlaceMetadata:
+        """PlaceMetadata of plan rows; rows in `stand_ins` (row -> alternate) take their stand-in frame's."""
         n = rows.size
-        return PlaceMetadata(
-            place_id=self.place_id[rows], easting=self.easting[rows], northing=self.northing[rows],
-            zone_number=np.full(n, self.zone_number, dtype=np.int64),
-            zone_letter=np.full(n, self.zone_letter), lat=self.lat[rows], lon=self.lon[rows],
-            heading_deg=self.heading_deg[rows], stamp_ns=self.stamp_ns[rows], source=self.source[rows],
-        )
+        columns = {"easting": self.easting[rows], "northing": self.northing[rows], "lat": self.lat[rows],
+                   "lon": self.lon[rows], "heading_deg": self.heading_deg[rows], "stamp_ns": self.stamp_ns[rows],
+                   "source": self.source[rows]}
+        stand_ins = stand_ins or {}
+        for i in np.flatnonzero(np.isin(rows, list(stand_ins))):
+            row, alt = int(rows[i]), stand_ins[int(rows[i])]
+            for k, name in enumerate(("easting", "northing", "lat", "lon", "heading_deg")):
+                columns[name][i] = self.alt_floats[alt, k]
+            columns["stamp_ns"][i] = self.alt_ints[alt, 3]
+            columns["source"][i] = self.source[row].rsplit("@", 1)[0] + f"@{int(self.alt_ints[alt, 3])}"
+        return PlaceMetadata(place_id=self.place_id[rows], zone_number=np.full(n, self.zone_number, dtype=np.int64),
+                             zone_letter=np.full(n, self.zone_letter), **columns)
+
+    def stand_ins(self, row: int) -> np.ndarray:
+        """Alternate numbers of the stand-ins of keyframe `row`, in stream order (alternates are sorted by row)."""
+        lo, hi = np.searchsorted(self.alt_ints[:, 0], [row, row + 1])
+        return np.arange(lo, hi)
 
 
 def _savez(path: Path, **arrays: np.ndarray) -> None:
@@ -217,7 +238,8 @@ def _load_track(reader: DriveLogReader, cfg: BuildMapConfig) -> Track:
     if cfg.odom_topic:
         return track_from_odometry(reader.odometry(cfg.odom_topic), cfg.odom_utm_zone, cfg.max_horizontal_std_m,
                                    cfg.heading_baseline_m)
-    return track_from_fixes(reader.gps_fixes(cfg.gps_topic), cfg.max_horizontal_std_m, cfg.heading_baseline_m)
+    return track_from_fixes(reader.gps_fixes(cfg.gps_topic), cfg.max_horizontal_std_m, cfg.heading_baseline_m,
+                            cfg.gps_gate)
 
 
 def check_topics(cfg: BuildMapConfig, reader: DriveLogReader) -> None:
@@ -244,15 +266,22 @@ def plan_bag(cfg: BuildMapConfig, reader: DriveLogReader) -> Plan:
     bad = np.asarray(unreadable, dtype=bool)
     if stamps_a.size == 0:
         raise BuildError(f"image topic {cfg.image_topic!r} in {path} has no messages")
+    check_frame_stamps(stamps_a[~bad], f"{cfg.image_topic} in {path}")
     positions = position_frames(track, stamps_a, cfg.max_fix_gap_s)
     reason = positions.reason.astype(object)
     reason[bad] = UNREADABLE
     ok = reason == ""
     candidates = np.flatnonzero(ok)
     order = candidates[np.lexsort((candidates, stamps_a[candidates]))]
-    keys = order[select_keyframes(positions.easting[order], positions.northing[order], positions.heading_deg[order],
-                                  cfg.spacing_m, cfg.heading_change_deg)]
+    key_positions = select_keyframes(positions.easting[order], positions.northing[order],
+                                     positions.heading_deg[order], cfg.spacing_m, cfg.heading_change_deg)
+    keys = order[key_positions]
     reason[np.setdiff1d(candidates, keys)] = BETWEEN_KEYFRAMES
+    alt_key, alt_frame = keyframe_alternates(positions.easting[order], positions.northing[order], key_positions,
+                                             cfg.spacing_m, MAX_ALTERNATES)
+    alt_key, alt_frame = order[alt_key], order[alt_frame]
+    later = alt_frame > alt_key  # a stand-in must come after its keyframe in the stream
+    alt_key, alt_frame = alt_key[later], alt_frame[later]
     keys = np.sort(keys)
     place_id = np.empty(keys.size, dtype=np.int64)
     place_id[np.lexsort((keys, stamps_a[keys]))] = np.arange(keys.size)
@@ -269,9 +298,15 @@ def plan_bag(cfg: BuildMapConfig, reader: DriveLogReader) -> Plan:
     }
     src = str(path.resolve())
     source = np.array([f"bag:{src}#{cfg.image_topic}@{int(s)}" for s in stamps_a[keys]])
+    alt_order = np.lexsort((alt_frame, np.searchsorted(keys, alt_key)))  # by keyframe row, then stream order
+    alt_key, alt_frame = alt_key[alt_order], alt_frame[alt_order]
+    alt_ints = np.column_stack([np.searchsorted(keys, alt_key), alt_frame, bag_a[alt_frame], stamps_a[alt_frame]])
+    alt_floats = np.column_stack([positions.easting[alt_frame], positions.northing[alt_frame],
+                                  positions.lat[alt_frame], positions.lon[alt_frame], positions.heading_deg[alt_frame]])
     return Plan(place_id, keys.astype(np.int64), bag_a[keys], stamps_a[keys], positions.easting[keys],
                 positions.northing[keys], positions.lat[keys], positions.lon[keys], positions.heading_deg[keys],
-                source, bag_a, track.zone_number, track.zone_letter, info)
+                source, bag_a, track.zone_number, track.zone_letter, info, alt_ints.astype(np.int64),
+                alt_floats.astype(np.float64))
 
 
 def plan_at_folder(cfg: BuildMapConfig) -> Plan:
@@ -354,35 +389,60 @@ def _prepare_work_dir(work: Path, digest: str, restart: bool) -> bool:
 
 
 def _frames(cfg: BuildMapConfig, reader: DriveLogReader | None, plan: Plan, rows: np.ndarray):
-    """(plan row, RGB image or error text) for `rows` (ascending stream order), streaming the input once.
+    """(plan row, RGB image or error text, stand-in used or -1) for `rows` (ascending stream order), streaming the
+    input once; a keyframe that fails to decode is replaced by the first of its stand-ins that decodes.
 
     `reader` is the open drive log (None for an '@' folder)."""
     if reader is None:
         paths = list_images(cfg.input)
         for r in rows:
             try:
-                yield int(r), read_image(paths[plan.stream_index[r]])
+                yield int(r), read_image(paths[plan.stream_index[r]]), -1
             except (ImageError, OSError) as exc:
-                yield int(r), f"{DECODE_ERROR}: {exc}"
+                yield int(r), f"{DECODE_ERROR}: {exc}", -1
         return
     wanted = {int(plan.stream_index[r]): int(r) for r in rows}
+    own = np.isin(plan.alt_ints[:, 0], rows)  # the stand-ins these rows may need
+    times = np.concatenate([plan.bag_time_ns[rows], plan.alt_ints[own, 2]])
     start, stop, first_index = None, None, 0
     if (np.diff(plan.frame_bag_times) >= 0).all():  # bag order is time order: read only the needed time range
-        start = int(plan.bag_time_ns[rows].min())
-        stop = int(plan.bag_time_ns[rows].max()) + 1
+        start, stop = int(times.min()), int(times.max()) + 1
         first_index = int(np.searchsorted(plan.frame_bag_times, start, side="left"))
-    last = int(plan.stream_index[rows].max())
+    last = int(np.concatenate([plan.stream_index[rows], plan.alt_ints[own, 1]]).max())
+    failed: dict[int, str] = {}  # keyframes that failed to decode, waiting for a stand-in
+    left: collections.Counter = collections.Counter()  # stand-ins of a failed keyframe not yet streamed
+    stand_ins: dict[int, tuple[int, int]] = {}  # stream index -> (failed row, alternate), only for failed rows
     for frame in reader.image_frames(cfg.image_topic, start, stop, first_index):
         row = wanted.pop(frame.index, None)
         if row is not None:
             try:
-                yield row, frame.decode()
+                yield row, frame.decode(), -1
             except ImageDecodeError as exc:
-                yield row, f"{DECODE_ERROR}: {exc}"
+                alts = plan.stand_ins(row)
+                if alts.size:
+                    failed[row], left[row] = f"{DECODE_ERROR}: {exc}", int(alts.size)
+                    stand_ins.update({int(plan.alt_ints[a, 1]): (row, int(a)) for a in alts})
+                else:
+                    yield row, f"{DECODE_ERROR}: {exc}", -1
+        if frame.index in stand_ins:
+            row, alt = stand_ins.pop(frame.index)
+            left[row] -= 1
+            try:
+                image = frame.decode()
+            except ImageDecodeError:
+                if not left[row]:
+                    yield row, failed.pop(row), -1
+            else:
+                failed.pop(row)
+                for other in plan.stand_ins(row):  # the row is done: its later stand-ins are not needed
+                    stand_ins.pop(int(plan.alt_ints[other, 1]), None)
+                yield row, image, alt
         if frame.index >= last:
             break
+    for row, error in failed.items():
+        yield row, error, -1
     for index, row in sorted(wanted.items()):
-        yield row, f"{UNREADABLE}: frame {index} not found in the second pass (the bag changed?)"
+        yield row, f"{UNREADABLE}: frame {index} not found in the second pass (the bag changed?)", -1
 
 
 def _describe_chunks(cfg: BuildMapConfig, reader: DriveLogReader | None, plan: Plan, chunks: list[np.ndarray],
@@ -392,7 +452,7 @@ def _describe_chunks(cfg: BuildMapConfig, reader: DriveLogReader | None, plan: P
         return 0, 0.0
     chunk_of = {int(r): c for c in todo for r in chunks[c]}
     rows = np.sort(np.concatenate([chunks[c] for c in todo]))
-    state = {c: {"rows": [], "desc": [], "failed": [], "reasons": [], "seen": 0} for c in todo}
+    state = {c: {"rows": [], "desc": [], "failed": [], "reasons": [], "stand_ins": [], "seen": 0} for c in todo}
     batch: list[tuple[int, np.ndarray]] = []
     described, logged = 0, 0
     start = time.perf_counter()
@@ -410,8 +470,12 @@ def _describe_chunks(cfg: BuildMapConfig, reader: DriveLogReader | None, plan: P
         described += len(batch)
         batch.clear()
 
-    for row, image in _frames(cfg, reader, plan, rows):
+    for row, image, alt in _frames(cfg, reader, plan, rows):
         c = chunk_of[row]
+        if alt >= 0:
+            state[c]["stand_ins"].append((row, alt))
+            log.info("keyframe %s could not be decoded; using the frame stamped %d (within %g m) instead",
+                     plan.source[row], int(plan.alt_ints[alt, 3]), cfg.spacing_m)
         if isinstance(image, str):
             state[c]["failed"].append(row)
             state[c]["reasons"].append(image.split(":", 1)[0])
@@ -438,7 +502,8 @@ def _save_chunk(work: Path, c: int, st: dict, dim: int) -> None:
     desc = np.stack(st["desc"]).astype(np.float32) if st["desc"] else np.zeros((0, dim), dtype=np.float32)
     arrays = {"rows": np.asarray(st["rows"], dtype=np.int64), "descriptors": desc,
               "failed_rows": np.asarray(st["failed"], dtype=np.int64),
-              "failed_reasons": np.asarray(st["reasons"], dtype=np.str_)}
+              "failed_reasons": np.asarray(st["reasons"], dtype=np.str_),
+              "stand_ins": np.asarray(st["stand_ins"], dtype=np.int64).reshape(-1, 2)}
     atomic_save(_chunk_path(work, c), lambda tmp: _savez(tmp, **arrays), suffix=".npz")
     log.debug("chunk %d saved: %d described, %d failed", c, desc.shape[0], len(st["failed"]))
 
@@ -463,6 +528,7 @@ def _build(cfg: BuildMapConfig, reader: DriveLogReader | None) -> dict:
     if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     kind = "at_folder" if reader is None else "bag"
+    check_output_directory(out)  # before any work: not a file, not under one
     if reader is not None:
         check_topics(cfg, reader)
     t0 = time.perf_counter()
@@ -502,12 +568,14 @@ def _build(cfg: BuildMapConfig, reader: DriveLogReader | None) -> dict:
 def _assemble(cfg: BuildMapConfig, plan: Plan, chunks: list[np.ndarray], work: Path, out: Path,
               method: DescriptorMethod, digest: str, shard: tuple[int, int]) -> dict:
     """Collect the chunks, order rows by place id, build and save the map atomically; the summary so far."""
-    rows, descs, failed = [], [], []
+    rows, descs, failed, stand_ins = [], [], [], {}
     for c in range(len(chunks)):
         with np.load(_chunk_path(work, c), allow_pickle=False) as data:
             rows.append(data["rows"])
             descs.append(data["descriptors"])
             failed.extend(data["failed_reasons"].tolist())
+            if "stand_ins" in data.files:
+                stand_ins.update({int(r): int(a) for r, a in data["stand_ins"]})
     rows_a = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
     dropped = dict(plan.info["dropped"])
     for reason in failed:
@@ -516,7 +584,7 @@ def _assemble(cfg: BuildMapConfig, plan: Plan, chunks: list[np.ndarray], work: P
         raise BuildError(f"no keyframe of shard {shard[0]}/{shard[1]} could be described (dropped: {dropped})")
     order = np.argsort(plan.place_id[rows_a], kind="stable")
     descriptors = np.concatenate(descs)[order]
-    metadata = plan.metadata(rows_a[order])
+    metadata = plan.metadata(rows_a[order], stand_ins)
     build_info = {
         "tool": "dsformer-vpr build-map", "input": str(Path(cfg.input).resolve()), "image_topic": cfg.image_topic,
         "position_source": plan.info["position_source"], "spacing_m": cfg.spacing_m,
@@ -530,7 +598,8 @@ def _assemble(cfg: BuildMapConfig, plan: Plan, chunks: list[np.ndarray], work: P
     return {
         "input": str(cfg.input), "frames_read": plan.info["frames_read"],
         "frames_positioned": plan.info["frames_positioned"], "keyframes": plan.info["keyframes"],
-        "places": len(place_map), "dropped": dropped, "fixes": plan.info["fixes"],
+        "places": len(place_map), "keyframes_replaced": len(stand_ins), "dropped": dropped,
+        "fixes": plan.info["fixes"],
         "position_source": plan.info["position_source"], "heading_source": plan.info["heading_source"],
         "zone": build_info["zone"], "crossed_zones": plan.info["crossed_zones"],
     }

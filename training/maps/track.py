@@ -25,6 +25,30 @@ NS = 1_000_000_000
 FIX_GAP = "no_fix_near_in_time"
 OUTSIDE_TRACK = "outside_gps_track"
 SPACING_TOLERANCE_M = 1e-3  # a keyframe exactly D metres on counts despite rounding in the projection
+EARTH_RADIUS_M = 6_371_000.0
+
+
+@dataclasses.dataclass
+class MotionGate:
+    """Fixes the vehicle cannot have reached: further from their neighbours, or from the last accepted fix, than
+    `max_speed_mps` (and, from the speed it had, `max_accel_mps2`) allows, give or take `noise_m` of GPS error.
+    A fix more than `noise_m` plus the travel allowed in half the window from the median of the `window` fixes
+    around it is a glitch (a jump to (0, 0), a multipath excursion). After `max_rejected_run` rejections in a
+    row the gate starts over from the current fix (the vehicle really was elsewhere, e.g. after a ferry)."""
+
+    max_speed_mps: float = 60.0
+    max_accel_mps2: float = 10.0
+    noise_m: float = 10.0
+    window: int = 5
+    max_rejected_run: int = 20
+
+    def validate(self) -> None:
+        """Raise TrackError naming the first bad field."""
+        for name in ("max_speed_mps", "max_accel_mps2", "noise_m"):
+            if not getattr(self, name) > 0:
+                raise TrackError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.window < 1 or self.window % 2 == 0 or self.max_rejected_run < 1:
+            raise TrackError("window must be odd and >= 1, max_rejected_run >= 1")
 
 
 class TrackError(ValueError):
@@ -79,9 +103,60 @@ def _sorted_unique(stamps: np.ndarray) -> np.ndarray:
     return order[keep]
 
 
-def track_from_fixes(fixes: Iterable[GpsFix], max_horizontal_std_m: float, heading_baseline_m: float) -> Track:
-    """Filter NavSatFix records (NO_FIX status, NaN, horizontal std above the limit) and project them into the
-    UTM zone of the first valid fix; heading from the track itself (NavSatFix carries none)."""
+def _local_metres(lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Equirectangular x/y (m) around the median fix: enough to measure the jumps a gate looks for, in any zone."""
+    lat0, lon0 = float(np.median(lat)), float(np.median(lon))
+    dlon = (lon - lon0 + 180.0) % 360.0 - 180.0
+    x = np.radians(dlon) * EARTH_RADIUS_M * math.cos(math.radians(lat0))
+    return x, np.radians(lat - lat0) * EARTH_RADIUS_M
+
+
+def gate_motion(stamps_ns: np.ndarray, x: np.ndarray, y: np.ndarray, gate: MotionGate,
+                std_m: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Mask of the fixes (sorted by stamp, x/y in metres) that pass `gate`, and how many each stage rejected;
+    a fix's known horizontal std (`std_m`, NaN when unknown) widens its allowance by three of it."""
+    n = stamps_ns.size
+    slack = 3.0 * np.nan_to_num(np.zeros(n) if std_m is None else np.asarray(std_m, dtype=np.float64), nan=0.0)
+    t = (stamps_ns - stamps_ns[0]) / NS if n else np.zeros(0)
+    keep = np.ones(n, dtype=bool)
+    half = gate.window // 2
+    if n > gate.window:
+        lo = np.clip(np.arange(n) - half, 0, n - gate.window)  # each fix's window, shifted inside at the ends
+        windows = lo[:, None] + np.arange(gate.window)
+        deviation = np.hypot(x - np.median(x[windows], axis=1), y - np.median(y[windows], axis=1))
+        allowed = gate.noise_m + slack + gate.max_speed_mps * (t[lo + gate.window - 1] - t[lo]) / 2.0
+        keep = deviation <= allowed
+    outliers = int((~keep).sum())
+    last, speed, run, restarts = -1, gate.max_speed_mps, 0, 0  # the speed at the start is unknown: any
+    for i in np.flatnonzero(keep):
+        if last < 0:
+            last = i
+            continue
+        dt = t[i] - t[last]
+        reach_speed = min(gate.max_speed_mps, speed + gate.max_accel_mps2 * dt)
+        reachable = reach_speed * dt + gate.noise_m + slack[i] + slack[last]
+        distance = math.hypot(x[i] - x[last], y[i] - y[last])
+        if distance <= reachable or run >= gate.max_rejected_run:
+            if run >= gate.max_rejected_run:
+                restarts += 1
+                log.warning("the GPS track jumps %.0f m at %.1f s and stays there; continuing from the new position",
+                            distance, t[i])
+                speed = gate.max_speed_mps
+            else:
+                speed = distance / dt if dt > 0 else speed
+            last, run = i, 0
+        else:
+            keep[i] = False
+            run += 1
+    return keep, {"fix_rejected_outlier": outliers, "fix_rejected_speed": int(n - keep.sum()) - outliers,
+                  "track_restarts": restarts}
+
+
+def track_from_fixes(fixes: Iterable[GpsFix], max_horizontal_std_m: float, heading_baseline_m: float,
+                     gate: MotionGate | None = None) -> Track:
+    """Filter NavSatFix records (NO_FIX status, NaN, horizontal std above the limit, motion the vehicle cannot
+    have made) and project them into the UTM zone of the first valid fix; heading from the track itself
+    (NavSatFix carries none)."""
     records = list(fixes)
     counts = {"fixes_read": len(records), "fix_rejected_no_fix_status": 0, "fix_rejected_nan": 0,
               "fix_rejected_covariance": 0, "fix_covariance_unknown": 0}
@@ -98,13 +173,24 @@ def track_from_fixes(fixes: Iterable[GpsFix], max_horizontal_std_m: float, headi
             counts["fix_rejected_covariance"] += 1
         else:
             kept.append(fix)
-    counts["fixes_used"] = len(kept)
     if not kept:
+        counts["fixes_used"] = 0
         raise TrackError(f"no usable GPS fix among {len(records)} ({_counts_text(counts)})")
     stamps = np.array([f.stamp_ns for f in kept], dtype=np.int64)
     order = _sorted_unique(stamps)
+    stamps = stamps[order]
     lat = np.array([f.lat for f in kept])[order]
     lon = np.array([f.lon for f in kept])[order]
+    std = np.array([f.horizontal_std_m for f in kept])[order]
+    gate = gate or MotionGate()
+    gate.validate()
+    passed, gate_counts = gate_motion(stamps, *_local_metres(lat, lon), gate, std)
+    counts.update(gate_counts)
+    if not passed.all():
+        log.warning("rejected %d GPS fix(es) the vehicle cannot have reached (%d outliers, %d too fast)",
+                    int((~passed).sum()), gate_counts["fix_rejected_outlier"], gate_counts["fix_rejected_speed"])
+    stamps, lat, lon = stamps[passed], lat[passed], lon[passed]
+    counts["fixes_used"] = int(stamps.size)
     first_zone = int(zone_number(lat[0], lon[0]))
     letters = zone_letter(lat)
     if len(set((letters >= "N").tolist())) != 1:
@@ -116,7 +202,7 @@ def track_from_fixes(fixes: Iterable[GpsFix], max_horizontal_std_m: float, headi
                     crossed, first_zone, letters[0])
     easting, northing, _, _ = latlon_to_utm(lat, lon, force_zone=first_zone)
     heading = track_headings(easting, northing, heading_baseline_m)
-    return Track(stamps[order], easting, northing, heading, first_zone, str(letters[0]), "track", counts, crossed)
+    return Track(stamps, easting, northing, heading, first_zone, str(letters[0]), "track", counts, crossed)
 
 
 def track_from_odometry(poses: Iterable[OdomPose], utm_zone: str, max_horizontal_std_m: float,
@@ -224,6 +310,21 @@ def _interp_heading(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out
 
 
+def check_frame_stamps(stamps_ns: np.ndarray, what: str) -> None:
+    """Raise TrackError when image header stamps cannot place the frames in time (all the same, typically 0: a
+    driver that never sets them); warn when some are 0. `what` names the topic and the log."""
+    stamps_ns = np.asarray(stamps_ns, dtype=np.int64)
+    if stamps_ns.size > 1 and (stamps_ns == stamps_ns[0]).all():
+        raise TrackError(
+            f"all {stamps_ns.size} image header stamps of {what} are {int(stamps_ns[0])}: the camera driver does not "
+            "stamp its images, so they cannot be matched to positions"
+        )
+    zero = int((stamps_ns == 0).sum())
+    if zero:
+        log.warning("%d of %d image header stamps of %s are 0; those frames cannot be positioned", zero,
+                    stamps_ns.size, what)
+
+
 def select_keyframes(easting: np.ndarray, northing: np.ndarray, heading_deg: np.ndarray, spacing_m: float,
                      heading_change_deg: float) -> np.ndarray:
     """Indices of keyframes among positioned frames in stamp order: the first, then each frame at least
@@ -247,6 +348,22 @@ def select_keyframes(easting: np.ndarray, northing: np.ndarray, heading_deg: np.
         elif not math.isfinite(last_h):
             last_h = heading_deg[i]
     return np.asarray(keep, dtype=np.int64)
+
+
+def keyframe_alternates(easting: np.ndarray, northing: np.ndarray, keys: np.ndarray, spacing_m: float,
+                        max_per_key: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stand-ins for keyframes whose image may turn out undecodable: for each keyframe (`keys`, ascending indices
+    into frames in stamp order) the frames after it, before the next keyframe and less than `spacing_m` from it,
+    at most `max_per_key`. Returns (keyframe index, stand-in index) pairs, nearest in time first."""
+    pairs_key, pairs_alt = [], []
+    bounds = np.append(keys, easting.size)
+    for key, stop in zip(keys, bounds[1:]):
+        following = np.arange(key + 1, stop)
+        near = following[np.hypot(easting[following] - easting[key], northing[following] - northing[key]) < spacing_m]
+        near = near[:max_per_key]
+        pairs_key.extend([key] * near.size)
+        pairs_alt.extend(near.tolist())
+    return np.asarray(pairs_key, dtype=np.int64), np.asarray(pairs_alt, dtype=np.int64)
 
 
 def _counts_text(counts: dict) -> str:

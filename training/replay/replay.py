@@ -25,6 +25,7 @@ from tqdm import tqdm
 from dsformer_ros.common.atomic import atomic_save, atomic_write_text
 from dsformer_ros.common.config import to_dict
 from dsformer_ros.common.utm import latlon_to_utm, utm_to_latlon
+from dsformer_ros.inference.image_codec import MAX_PIXELS, ImageDecodeError, decode_image_msg
 from dsformer_ros.inference.methods import RawPixels
 from dsformer_ros.localization.localizer import LocalizationResult, Localizer
 from dsformer_ros.maps.placemap import PlaceMap
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 REPORT = "report.json"
 FRAMES = "frames.npz"
+_MAX_LOGGED_BAD = 10
 
 
 @dataclasses.dataclass
@@ -76,13 +78,24 @@ def load_ground_truth(cfg: ReplayConfig, reader: DriveLogReader, place_map: Plac
 
 
 def bag_frames(cfg: ReplayConfig, reader: DriveLogReader) -> Iterator[ImageFrame]:
-    """The bag's image messages in bag order, at most `max_frames` (unreadable ones raise: a replay needs them all)."""
+    """The bag's image messages in bag order, at most `max_frames` (unreadable ones too: `decodable` skips them)."""
     for frame in reader.image_frames(cfg.image_topic):
         if cfg.max_frames and frame.index >= cfg.max_frames:
             return
-        if frame.msg is None:
-            raise ValueError(f"{cfg.bag}: image {frame.index} on {cfg.image_topic} is unreadable: {frame.error}")
         yield frame
+
+
+def decodable(frames: Iterator[ImageFrame], bad: list[tuple[int, int]], max_pixels: int = MAX_PIXELS
+              ) -> Iterator[tuple[ImageFrame, np.ndarray]]:
+    """(frame, RGB) for the frames that decode as the node decodes them; (index, stamp) of each bad one (unreadable
+    message, damaged or oversized image) is appended to `bad`, the first few are logged, and the replay goes on."""
+    for frame in frames:
+        try:
+            yield frame, decode_image_msg(frame.msg, max_pixels) if frame.msg is not None else frame.decode()
+        except ImageDecodeError as exc:
+            bad.append((frame.index, frame.stamp_ns))
+            if len(bad) <= _MAX_LOGGED_BAD:
+                log.warning("skipping bad frame %d (stamp %d): %s", frame.index, frame.stamp_ns, exc)
 
 
 def frame_count(cfg: ReplayConfig, reader: DriveLogReader) -> int:
@@ -108,19 +121,20 @@ def bag_odometry(cfg: ReplayConfig, reader: DriveLogReader) -> list[OdomPose]:
 
 
 def replay_offline(cfg: ReplayConfig, localizer: Localizer, frames: Iterator[ImageFrame], n: int,
-                   odometry: list[OdomPose] = ()) -> ReplayResults:
-    """Every frame through `Localizer.localize` in bag order (the node's code path without ROS).
+                   bad: list[tuple[int, int]], odometry: list[OdomPose] = ()) -> ReplayResults:
+    """Every decodable frame through `Localizer.localize` in bag order (the node's code path without ROS); bad
+    frames are counted in `bad` and left unanswered.
 
     Odometry stamped up to each frame's stamp is handed to the localizer before the frame, as the node receives it.
     """
     results = ReplayResults.empty_like(n, cfg.top_k)
     k = 0
-    for frame in tqdm(frames, total=n, desc=f"replay offline ({cfg.method}, {cfg.localizer})", unit="frame"):
+    for frame, rgb in tqdm(decodable(frames, bad), total=n, desc=f"replay offline ({cfg.method}, {cfg.localizer})",
+                           unit="frame"):
         i = frame.index
         while k < len(odometry) and odometry[k].stamp_ns <= frame.stamp_ns:
             localizer.add_odometry(odometry[k].stamp_ns, odometry[k].x, odometry[k].y, odometry[k].yaw)
             k += 1
-        rgb = frame.decode()
         t0 = time.perf_counter()
         answer: LocalizationResult = localizer.localize(rgb, frame.stamp_ns)
         results.latency_s[i] = time.perf_counter() - t0
@@ -161,12 +175,17 @@ def run_replay(cfg: ReplayConfig) -> dict:
         ground_truth = load_ground_truth(cfg, reader, place_map)
         odometry = bag_odometry(cfg, reader)
         t0 = time.perf_counter()
+        bad: list[tuple[int, int]] = []
         if cfg.mode == "offline":
-            results = replay_offline(cfg, localizer, bag_frames(cfg, reader), n, odometry)
+            results = replay_offline(cfg, localizer, bag_frames(cfg, reader), n, bad, odometry)
         else:
             compressed = reader.topics()[cfg.image_topic].endswith("CompressedImage")
-            results, extra = replay_through_node(cfg, loc_cfg, bag_frames(cfg, reader), n, compressed, out_dir,
-                                                 odometry)
+            frames = (frame for frame, _ in decodable(bag_frames(cfg, reader), bad))
+            results, extra = replay_through_node(cfg, loc_cfg, frames, n, compressed, out_dir, odometry)
+        for i, stamp in bad:  # unanswered, but placed in time: with GPS they count as misses in both modes
+            results.stamp_ns[i] = stamp
+        if bad:
+            log.warning("%d of %d frames could not be decoded and were skipped", len(bad), n)
         replay_s = time.perf_counter() - t0
     results.gt_xy[:] = ground_truth.positions(results.stamp_ns)
     map_xy = np.column_stack([np.asarray(place_map.metadata.easting), np.asarray(place_map.metadata.northing)])
@@ -186,6 +205,7 @@ def run_replay(cfg: ReplayConfig) -> dict:
         "map_keyframe_spacing_m": place_map.keyframe_spacing_m(),
         "localizer": {k: v for k, v in to_dict(loc_cfg).items() if k not in ("checkpoint", "map_path")},
         "metrics": metrics,
+        "frames_bad": len(bad),
         "recall_curve": recall_at(results, map_xy, map_ids, cfg.radius_m, range(1, cfg.top_k + 1)),
         "timing": {"replay_s": round(replay_s, 3), "total_s": round(time.perf_counter() - started, 3),
                    "frames_per_s": round(len(results) / replay_s, 3) if replay_s > 0 else None},

@@ -299,7 +299,7 @@ def replay_through_node(
                     timeouts += 1
                     log.warning("frame %d (stamp %d): no answer within %.0f s", i, stamp, cfg.frame_timeout_s)
                 bar.update(1)
-        last = int(results.stamp_ns[n - 1])
+        last = int(results.stamp_ns[np.flatnonzero(np.isfinite(sent_at))[-1]])  # the last frame sent (not a bad one)
         driver.spin_until(lambda: last in driver.answers, cfg.frame_timeout_s, alive)
         driver.spin_until(lambda: False, POSE_GRACE_S, alive)
         diagnostics = dict(driver.diagnostics)

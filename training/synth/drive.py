@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from dsformer_ros.common.atomic import atomic_directory
+from dsformer_ros.common.atomic import OutputPathError, atomic_directory, check_output_directory
 from dsformer_ros.common.geometry import yaw_to_heading
 from dsformer_ros.common.utm import latlon_to_utm, utm_to_latlon
 from training.io.at_names import AtName, format_at_name
@@ -125,7 +125,9 @@ def write_drive(cfg: SynthConfig) -> DriveSummary:
     cfg.validate()
     for target in (cfg.out, cfg.export_at):
         if target and Path(target).exists():
-            raise FileExistsError(f"output {target} exists already; choose a new path or remove it")
+            raise OutputPathError(f"output {target} exists already; choose a new path or remove it")
+        if target:
+            check_output_directory(target)
     town = town_of(cfg)
     cam = camera_of(cfg)
     cond = CONDITIONS[cfg.condition]

@@ -12,6 +12,7 @@ import torch
 
 from dsformer_ros.common.atomic import atomic_save
 from dsformer_ros.common.config import ConfigError, to_dict
+from dsformer_ros.common.datafiles import load_torch_file
 from training.train.config import RESUME_MUTABLE_KEYS, TrainConfig
 
 STATE_FORMAT = "dsformer_ros.train_state"
@@ -66,10 +67,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ResumeError(f"resume state {path} does not exist (was the run started with this out?)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt files
-        raise ResumeError(f"resume state {path} cannot be read: {exc}") from None
+    state = load_torch_file(path, "resume state", ResumeError)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ResumeError(f"{path} is not a training resume state")
     if state.get("version") != STATE_VERSION:

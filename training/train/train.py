@@ -29,11 +29,11 @@ from tqdm import tqdm
 from dsformer_ros.common.atomic import atomic_write_text
 from dsformer_ros.common.cli import add_config_flags, add_threads_argument, config_from_args, set_threads
 from dsformer_ros.common.config import ConfigError, save_config, to_dict
+from dsformer_ros.common.datafiles import file_sha256
 from dsformer_ros.common.devices import resolve_device
 from dsformer_ros.inference.extractor import DescriptorExtractor
 from dsformer_ros.inference.precision import autocast
 from dsformer_ros.model.checkpoint import (
-    file_sha256,
     load_state_dict_strict,
     read_checkpoint,
     save_checkpoint,

@@ -1,0 +1,187 @@
+"""Hostile and broken checkpoints: wrong-typed config/provenance, meta tensors, zip bombs, NaN or zeroed weights and
+random byte damage all end in one CheckpointError naming the file; no NaN descriptor ever leaves the extractor."""
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from dsformer_ros.common.config import to_dict
+from dsformer_ros.common.datafiles import file_sha256, load_torch_file
+from dsformer_ros.inference.extractor import DescriptorError, DescriptorExtractor
+from dsformer_ros.model.checkpoint import FORMAT, CheckpointError, read_checkpoint
+from dsformer_ros.model.dsformer import preset
+from dsformer_ros.model.loading import load_model
+from dsformer_ros.model.pretrained import PretrainedWeightsError, init_backbone
+
+FUZZ = settings(max_examples=150, derandomize=True, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+def _weights(fill: float | None = None) -> dict[str, torch.Tensor]:
+    """A small state_dict with backbone key names (enough for read_checkpoint to recognise a lite0 checkpoint)."""
+    gen = torch.Generator().manual_seed(0)
+    state = {
+        "backbone.effnet._conv_stem.weight": torch.randn(4, 3, 3, 3, generator=gen),
+        "backbone.effnet._bn0.bias": torch.zeros(4),
+        "head.weight": torch.randn(8, 4, generator=gen),
+    }
+    if fill is not None:
+        state = {k: torch.full_like(v, fill) for k, v in state.items()}
+    return state
+
+
+def _ours(path: Path, **changes) -> Path:
+    payload = {"format": FORMAT, "version": 1, "config": to_dict(preset("efficientnet_lite0")),
+               "state_dict": _weights(), "provenance": {"run": "test"}}
+    payload.update(changes)
+    torch.save(payload, path)
+    return path
+
+
+def test_well_formed_small_checkpoints_read(tmp_path: Path) -> None:
+    assert read_checkpoint(_ours(tmp_path / "ours.pt")).provenance == {"run": "test"}
+    torch.save(_weights(), tmp_path / "raw.pth")
+    assert read_checkpoint(tmp_path / "raw.pth").config.variant == "efficientnet_lite0"
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@FUZZ
+@given(config=_json.filter(lambda v: v != {}))  # {} means "all defaults"
+def test_config_of_any_wrong_type_is_a_checkpoint_error(tmp_path: Path, config) -> None:
+    path = _ours(tmp_path / "config.pt", config=config)
+    with pytest.raises(CheckpointError, match=f"checkpoint {path}"):
+        read_checkpoint(path)
+
+
+@FUZZ
+@given(field=st.sampled_from(sorted(to_dict(preset("efficientnet_lite0")))), value=_json)
+def test_config_field_of_any_value_reads_or_is_a_checkpoint_error(tmp_path: Path, field: str, value) -> None:
+    config = to_dict(preset("efficientnet_lite0"))
+    config[field] = value
+    path = _ours(tmp_path / "field.pt", config=config)
+    try:
+        read_checkpoint(path)
+    except CheckpointError as exc:
+        assert str(path) in str(exc)
+
+
+@FUZZ
+@given(provenance=_json.filter(lambda v: not isinstance(v, dict)))
+def test_provenance_that_is_not_a_mapping_is_a_checkpoint_error(tmp_path: Path, provenance) -> None:
+    path = _ours(tmp_path / "provenance.pt", provenance=provenance)
+    with pytest.raises(CheckpointError, match="provenance must be a mapping"):
+        read_checkpoint(path)
+
+
+def test_meta_device_weights_are_refused(tmp_path: Path) -> None:
+    state = _weights()
+    state["head.weight"] = torch.empty(8, 4, device="meta")
+    torch.save(state, tmp_path / "meta.pth")
+    with pytest.raises(CheckpointError, match="'head.weight' is on the meta device"):
+        read_checkpoint(tmp_path / "meta.pth")
+
+
+@pytest.mark.parametrize("value, match", [(float("nan"), "non-finite"), (float("inf"), "non-finite"),
+                                          (0.0, "every weight matrix is all zeros")])
+def test_nan_inf_and_zeroed_weights_are_refused_in_both_formats(tmp_path: Path, value: float, match: str) -> None:
+    torch.save(_weights(value), tmp_path / "raw.pth")
+    with pytest.raises(CheckpointError, match=match):
+        read_checkpoint(tmp_path / "raw.pth")
+    state = _weights()
+    state["head.weight"] = torch.full((8, 4), value) if value else state["head.weight"]
+    if not value:
+        state = _weights(0.0)
+    with pytest.raises(CheckpointError, match=match):
+        read_checkpoint(_ours(tmp_path / "ours.pt", state_dict=state))
+
+
+def _bomb(path: Path, declared_bytes: int) -> Path:
+    """A real torch.save archive, re-zipped with deflate and an extra entry of `declared_bytes` zeros."""
+    buffer = io.BytesIO()
+    torch.save(_weights(), buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as source, \
+            zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as out:
+        for info in source.infolist():
+            out.writestr(info.filename, source.read(info.filename))
+        prefix = source.infolist()[0].filename.split("/")[0]
+        with out.open(f"{prefix}/data/bomb", "w") as fh:
+            block = bytes(1 << 20)
+            for _ in range(declared_bytes >> 20):
+                fh.write(block)
+    return path
+
+
+def test_zip_bomb_is_refused_before_torch_load(tmp_path: Path) -> None:
+    bomb = _bomb(tmp_path / "bomb.pth", 64 << 20)
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(CheckpointError, match=r"declares \d+ bytes of content in a \d+-byte file \(a zip bomb\?\)"):
+        read_checkpoint(bomb)
+    with pytest.raises(PretrainedWeightsError, match="zip bomb"):
+        init_backbone(load_model(variant="efficientnet_lite0", device="cpu"), bomb)
+
+
+_damage = st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(1, 255)), min_size=1, max_size=8)
+
+
+@FUZZ
+@given(flips=_damage, cut=st.one_of(st.none(), st.integers(0, 1 << 16)))
+def test_damaged_checkpoint_bytes_read_or_are_a_checkpoint_error(tmp_path: Path, flips, cut) -> None:
+    data = bytearray((_ours(tmp_path / "good.pt")).read_bytes())
+    for at, value in flips:
+        data[at % len(data)] ^= value
+    if cut is not None:
+        del data[cut % len(data):]
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(bytes(data))
+    try:
+        ckpt = read_checkpoint(path)
+    except CheckpointError as exc:
+        assert f"checkpoint {path}" in str(exc)
+        event("refused")
+    else:
+        event("read")  # damage in padding or in a value: what loads is still checked data
+        assert ckpt.sha256 == file_sha256(path)
+        assert all(torch.isfinite(t).all() for t in ckpt.state_dict.values() if t.is_floating_point())
+
+
+def test_one_guarded_torch_load_for_every_reader(tmp_path: Path) -> None:
+    """Checkpoints, pretrained backbones and training resume states share the bounded, weights-only loader."""
+    from training.train.state import ResumeError, load_state
+
+    bomb = _bomb(tmp_path / "state.pt", 64 << 20)
+    with pytest.raises(ResumeError, match="resume state .* zip bomb"):
+        load_state(bomb)
+    (tmp_path / "text.pt").write_text("not torch")
+    with pytest.raises(ResumeError, match=f"resume state {tmp_path / 'text.pt'} cannot be read"):
+        load_state(tmp_path / "text.pt")
+
+    class Boom(ValueError):
+        pass
+
+    with pytest.raises(Boom, match="thing .* cannot be read"):
+        load_torch_file(tmp_path / "text.pt", "thing", Boom)
+
+
+def test_nan_descriptors_never_leave_the_extractor() -> None:
+    torch.set_num_threads(1)
+    model = load_model(variant="efficientnet_lite0", device="cpu", seed=1)
+    extractor = DescriptorExtractor(model, batch_size=2)
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert np.isfinite(extractor.describe([image])).all()
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if n.endswith("weight") and p.ndim == 2).fill_(float("nan"))
+    with pytest.raises(DescriptorError, match="NaN, inf or zero"):
+        extractor.describe([image, image])
