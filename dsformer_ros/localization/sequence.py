@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial import cKDTree
+from scipy.special import ndtr as norm_cdf
 
 from dsformer_ros.common.config import ConfigError
 from dsformer_ros.common.params import check_fields, setting
@@ -89,6 +90,11 @@ class SequenceConfig:
     return_probability: float = setting(
         0.1, "Per frame: probability of coming back onto the map from off it.", low=0.0, high=1.0, section=SEQUENCE,
     )
+    forget_probability: float = setting(
+        0.1, "Per frame: probability that a place whose views stopped matching is not where the robot is after all "
+        "(kidnapped, or off the map): that mass loses its position (off the map).", low=0.0, high=0.5,
+        section=SEQUENCE,
+    )
     outlier_probability: float = setting(
         0.1, "Per frame: probability that the view matches its own place no better than an unrelated one "
         "(occlusion, glare, a passing truck); bounds the evidence one frame can give against a place.",
@@ -132,6 +138,8 @@ class SequenceConfig:
         check_fields(self)
         if self.kidnap_probability + self.leave_probability >= 1.0:
             raise ConfigError("kidnap_probability + leave_probability must stay below 1")
+        if self.kidnap_probability + self.return_probability + self.forget_probability > 1.0:
+            raise ConfigError("kidnap_probability + return_probability + forget_probability must not exceed 1")
 
 
 @dataclass
@@ -289,10 +297,12 @@ class SequenceLocalizer:
             lost += leaked
         matched, unmatched = moved
         leave, kidnap, back = cfg.leave_probability, cfg.kidnap_probability, cfg.return_probability
+        forget = cfg.forget_probability
         total = matched.sum() + unmatched.sum() + self.lost + lost
-        self.belief = matched * (1.0 - leave - kidnap) + back * unmatched + kidnap * total / self.n
-        self.unmatched = unmatched * (1.0 - back - kidnap) + leave * matched
-        self.lost = (self.lost + lost) * (1.0 - kidnap)
+        off = self.lost + lost
+        self.belief = matched * (1.0 - leave - kidnap) + back * unmatched + (kidnap * total + back * off) / self.n
+        self.unmatched = unmatched * (1.0 - back - kidnap - forget) + leave * matched
+        self.lost = off * (1.0 - kidnap - back) + forget * unmatched.sum()
         norm = self.belief.sum() + self.unmatched.sum() + self.lost
         self.belief /= norm
         self.unmatched /= norm
@@ -344,14 +354,34 @@ class SequenceLocalizer:
         h = np.where(known[src] & np.isfinite(yaw_t), np.exp(-0.5 * (turn_err / heading_sigma) ** 2), 1.0)
         w = g * h
         norm = np.bincount(src, weights=w, minlength=sources.size)
-        # Mass stays on the map when some place within 3 sigma of the prediction has a heading within 2 sigma.
-        retained = np.zeros(sources.size)
-        np.maximum.at(retained, src, np.minimum(h / math.exp(-2.0), 1.0) * (g > math.exp(-4.5)))
+        ahead = np.column_stack([np.cos(yaw_k + turn), np.sin(yaw_k + turn)])
+        width = np.sqrt(sigma**2 + (2.0 * reach) ** 2 / 12.0)
+        retained = self._coverage(src, tgt, g, h, centre, ahead, known, width)
         ok = norm > 0
         share = np.where(ok[src], w / np.where(norm[src] > 0, norm[src], 1.0), 0.0)
         carried = mass * retained
         out = np.bincount(tgt, weights=share * carried[src], minlength=self.n)
         return out, float((mass - np.where(ok, carried, 0.0)).sum())
+
+    def _coverage(self, src: np.ndarray, tgt: np.ndarray, g: np.ndarray, h: np.ndarray, centre: np.ndarray,
+                  ahead: np.ndarray, known: np.ndarray, width: np.ndarray) -> np.ndarray:
+        """(sources,) share of each source's predicted position that still lies on mapped road (the rest left it).
+
+        With a heading, the prediction is a spread of `width` (1 sigma) along `ahead`; the mapped road goes on as far
+        as the farthest heading-compatible place near it, so the share behind that place (plus half a keyframe
+        spacing) stays and the share beyond it has driven past the end of the mapped streets. Gaps between places
+        leak nothing, but past the end the mass leaves the map instead of piling up on the last place. Without a
+        heading: on the map when some compatible place lies within 3 sigma of the predicted ring.
+        """
+        count = centre.shape[0]
+        compatible = h >= math.exp(-2.0)
+        near = np.zeros(count)
+        np.maximum.at(near, src, (compatible & (g > math.exp(-4.5))).astype(np.float64))
+        along = ((self.xy[tgt] - centre[src]) * ahead[src]).sum(axis=1)
+        farthest = np.full(count, -np.inf)
+        np.maximum.at(farthest, src[compatible], along[compatible])
+        on_road = norm_cdf((farthest + self.spacing_m / 2.0) / width)
+        return np.where(known, on_road, near)
 
     def _measure(self, rows: np.ndarray, scores: np.ndarray, reference: float) -> None:
         """Measurement step: weigh each place by its score's likelihood ratio (unmatched views: ratio 1)."""
