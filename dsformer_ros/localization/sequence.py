@@ -354,33 +354,35 @@ class SequenceLocalizer:
         h = np.where(known[src] & np.isfinite(yaw_t), np.exp(-0.5 * (turn_err / heading_sigma) ** 2), 1.0)
         w = g * h
         norm = np.bincount(src, weights=w, minlength=sources.size)
-        ahead = np.column_stack([np.cos(yaw_k + turn), np.sin(yaw_k + turn)])
         width = np.sqrt(sigma**2 + (2.0 * reach) ** 2 / 12.0)
-        retained = self._coverage(src, tgt, g, h, centre, ahead, known, width)
+        retained = self._coverage(sources, src, tgt, g, h, centre, unit, known, width)
         ok = norm > 0
         share = np.where(ok[src], w / np.where(norm[src] > 0, norm[src], 1.0), 0.0)
         carried = mass * retained
         out = np.bincount(tgt, weights=share * carried[src], minlength=self.n)
         return out, float((mass - np.where(ok, carried, 0.0)).sum())
 
-    def _coverage(self, src: np.ndarray, tgt: np.ndarray, g: np.ndarray, h: np.ndarray, centre: np.ndarray,
-                  ahead: np.ndarray, known: np.ndarray, width: np.ndarray) -> np.ndarray:
+    def _coverage(self, sources: np.ndarray, src: np.ndarray, tgt: np.ndarray, g: np.ndarray, h: np.ndarray,
+                  centre: np.ndarray, unit: np.ndarray, known: np.ndarray, width: np.ndarray) -> np.ndarray:
         """(sources,) share of each source's predicted position that still lies on mapped road (the rest left it).
 
-        With a heading, the prediction is a spread of `width` (1 sigma) along `ahead`; the mapped road goes on as far
-        as the farthest heading-compatible place near it, so the share behind that place (plus half a keyframe
-        spacing) stays and the share beyond it has driven past the end of the mapped streets. Gaps between places
-        leak nothing, but past the end the mass leaves the map instead of piling up on the last place. Without a
-        heading: on the map when some compatible place lies within 3 sigma of the predicted ring.
+        With a heading, the mapped road goes on as far from the source as its farthest heading-compatible place
+        ahead of it (along the source's heading; on a bend too); the share of the prediction (1 sigma `width`) within
+        that distance (plus half a keyframe spacing) stays, the share beyond it has driven past the end of the mapped
+        streets and leaves the map instead of piling up on the last place. Gaps between places leak nothing. Without
+        a heading: on the map when some compatible place lies within 3 sigma of the predicted ring.
         """
-        count = centre.shape[0]
+        count = sources.size
         compatible = h >= math.exp(-2.0)
         near = np.zeros(count)
         np.maximum.at(near, src, (compatible & (g > math.exp(-4.5))).astype(np.float64))
-        along = ((self.xy[tgt] - centre[src]) * ahead[src]).sum(axis=1)
+        origin = self.xy[sources]
+        offset = self.xy[tgt] - origin[src]
+        ahead = (offset * unit[src]).sum(axis=1) > 0.0
         farthest = np.full(count, -np.inf)
-        np.maximum.at(farthest, src[compatible], along[compatible])
-        on_road = norm_cdf((farthest + self.spacing_m / 2.0) / width)
+        np.maximum.at(farthest, src[ahead], np.linalg.norm(offset[ahead], axis=1))
+        predicted = np.linalg.norm(centre - origin, axis=1)
+        on_road = norm_cdf((farthest - predicted + self.spacing_m / 2.0) / width)
         return np.where(known, on_road, near)
 
     def _measure(self, rows: np.ndarray, scores: np.ndarray, reference: float) -> None:
@@ -420,12 +422,13 @@ class SequenceLocalizer:
         near = np.asarray(self.tree.query_ball_point(centre, cfg.fix_radius_m), dtype=np.int64)
         if near.size == 0:
             near = np.array([best])
-        mass = float(where[near].sum())
-        matched = float(self.belief[near].sum())
+        on_map = float(where.sum())
+        mass = float(where[near].sum()) / max(on_map, 1e-300)
+        matched = float(self.belief[near].sum()) / max(on_map, 1e-300)
         off = self.off_map
         prior = self._prior[near]
         agrees = float((prior * np.exp(self._llr[near])).sum()) >= math.exp(cfg.agreement_evidence) * float(prior.sum())
-        if mass >= cfg.fix_mass and matched >= cfg.matched_share * mass and agrees:
+        if mass >= cfg.fix_mass and matched >= cfg.matched_share * mass and agrees and self.lost < 0.5:
             fix = self._fix(near, where, rows, scores, best)
             reason = f"converged: {100 * mass:.1f}% of the belief within fix_radius_m={cfg.fix_radius_m:g} of place " \
                      f"{int(self.place_ids[best])}, {100 * matched / mass:.0f}% of it matching the frames"
