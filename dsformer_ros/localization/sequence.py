@@ -24,11 +24,15 @@ no resampling noise, deterministic results), and the off-map mass gives unknown 
 instead of starving a particle cloud. The cost is proportional to the places holding more than the background mass
 (places at the uniform kidnap level stay where they are), not to the map's size.
 
-A fix is published only when the belief is concentrated: at least `fix_mass` of the whole belief (matched and
-unmatched) within `fix_radius_m` of the best place, at least `matched_share` of it matching the frames, and the
-current frame scoring those places better than unrelated ones (`agreement_evidence`; so the first frame after a
-kidnap gives no fix). Its covariance is the weighted spread of that mass plus half the keyframe spacing (the map's
-resolution: never below it) on x and y, plus `lateral_sigma_m` across the heading (the lanes of a road); yaw from
+A fix is published only when the belief is concentrated: at least `fix_mass` of the on-map belief (matched and
+unmatched) within `fix_radius_m` of the best place, at least `matched_share` of it matching the frames, less than
+half of the whole belief off the map, and the recent frames scoring those places better than unrelated ones
+(`agreement_evidence` on a running sum that halves every frame: one poor view among agreeing ones keeps the fixes,
+the first frame after a kidnap contradicts them and stops them). Mass whose predicted position lies beyond the end
+of the mapped road ahead leaves the map (no position) instead of piling up on the last place; off-map mass comes
+back onto the map uniformly (`return_probability`), and unmatched mass loses its position (`forget_probability`).
+The fix's covariance is the weighted spread of that mass plus half the keyframe spacing (the map's resolution:
+never below it) on x and y, plus `lateral_sigma_m` across the heading (the lanes of a road); yaw from
 the circular spread of the places' headings. States: converged (a fix), searching (not concentrated, or the frames
 stopped agreeing), lost (most of the belief unmatched or off the map: the frames match no place).
 """
@@ -53,6 +57,9 @@ CONVERGED, SEARCHING, LOST = "converged", "searching", "lost"
 NS = 1_000_000_000
 # Sources below this multiple of the uniform background mass are not moved (their motion changes nothing visible).
 TRACK_ABOVE_BACKGROUND = 2.0
+# The frames' agreement with the concentrated places is a running sum with this decay per frame (its carried credit
+# capped, see _decide): one poor view after agreeing ones does not stop the fixes, a view that contradicts them does.
+AGREEMENT_DECAY = 0.5
 
 
 @dataclass
@@ -105,7 +112,8 @@ class SequenceConfig:
         low=1, high=100000, section=SEQUENCE,
     )
     fix_mass: float = setting(
-        0.9, "A fix is published when at least this share of the belief lies within fix_radius_m of the best place.",
+        0.9, "A fix is published when at least this share of the on-map belief lies within fix_radius_m of the "
+        "best place.",
         low=0.01, high=1.0, section=SEQUENCE,
     )
     fix_radius_m: float = setting(
@@ -116,8 +124,9 @@ class SequenceConfig:
         "old place stops matching: no fix from it).", low=0.0, high=1.0, section=SEQUENCE,
     )
     agreement_evidence: float = setting(
-        0.0, "A fix also needs the current frame to favour the concentrated places over unrelated ones by this "
-        "log-likelihood ratio (prior-weighted); 0: merely not against them.", low=0.0, high=20.0, section=SEQUENCE,
+        0.0, "A fix also needs the recent frames to favour the concentrated places over unrelated ones by this "
+        "log-likelihood ratio (prior-weighted, a running sum halved every frame); 0: merely not against them.",
+        low=0.0, high=20.0, section=SEQUENCE,
     )
     lateral_sigma_m: float = setting(
         2.5, "Across the road (m, 1 sigma): where a car can be on the road of the place it matches (lanes); added "
@@ -219,6 +228,7 @@ class SequenceLocalizer:
         self.lost = 0.5
         self._prior = self.belief.copy()
         self._llr = np.zeros(self.n)
+        self._agreement = 0.0
         self.frames_since_reset = 0
         self._last_stamp: int | None = None
         self._last_odom: OdomPose | None = None
@@ -427,25 +437,31 @@ class SequenceLocalizer:
         matched = float(self.belief[near].sum()) / max(on_map, 1e-300)
         off = self.off_map
         prior = self._prior[near]
-        agrees = float((prior * np.exp(self._llr[near])).sum()) >= math.exp(cfg.agreement_evidence) * float(prior.sum())
+        support = float((prior * np.exp(self._llr[near])).sum()) / max(float(prior.sum()), 1e-300)
+        # Credit carried from earlier frames stays below half the strongest contradiction one frame can give (a
+        # view scoring the places at the model's floor): such a frame (a kidnap) always stops the fixes.
+        contradiction = math.log((1.0 - self.alias_rate) / cfg.outlier_probability)
+        carried = min(AGREEMENT_DECAY * self._agreement, contradiction / 2.0)
+        self._agreement = math.log(max(support, 1e-300)) + carried
+        agrees = self._agreement >= cfg.agreement_evidence
         if mass >= cfg.fix_mass and matched >= cfg.matched_share * mass and agrees and self.lost < 0.5:
             fix = self._fix(near, where, rows, scores, best)
-            reason = f"converged: {100 * mass:.1f}% of the belief within fix_radius_m={cfg.fix_radius_m:g} of place " \
-                     f"{int(self.place_ids[best])}, {100 * matched / mass:.0f}% of it matching the frames"
+            reason = f"converged: {100 * mass:.1f}% of the on-map belief within fix_radius_m={cfg.fix_radius_m:g} " \
+                     f"of place {int(self.place_ids[best])}, {100 * matched / mass:.0f}% of it matching the frames"
             return SequenceDecision(fix, CONVERGED, reason, mass, off, odometry_used)
         if off >= 0.5:
             reason = f"lost: {100 * off:.1f}% of the belief says the frames match no map place " \
                      "(off the map, kidnapped, or an unfamiliar view)"
             return SequenceDecision(None, LOST, reason, mass, off, odometry_used)
         if mass >= cfg.fix_mass and not agrees:
-            reason = "searching: the belief is concentrated but this frame scores its places no better than " \
-                     "unrelated ones (disagreement: kidnapped, off the map, or a poor view)"
+            reason = "searching: the belief is concentrated but the recent frames score its places no better " \
+                     "than unrelated ones (disagreement: kidnapped, off the map, or a poor view)"
         elif mass >= cfg.fix_mass:
             reason = f"searching: the belief is concentrated but only {100 * matched / mass:.0f}% of it matches the " \
                      f"frames (matched_share={cfg.matched_share:g}): the frames stopped agreeing with it"
         else:
-            reason = f"searching: {100 * mass:.1f}% of the belief within fix_radius_m={cfg.fix_radius_m:g} of the " \
-                     f"best place (fix_mass={cfg.fix_mass:g}), {100 * off:.1f}% matching no place"
+            reason = f"searching: {100 * mass:.1f}% of the on-map belief within fix_radius_m={cfg.fix_radius_m:g} " \
+                     f"of the best place (fix_mass={cfg.fix_mass:g}), {100 * off:.1f}% matching no place"
         return SequenceDecision(None, SEARCHING, reason, mass, off, odometry_used)
 
     def _fix(self, near: np.ndarray, where: np.ndarray, rows: np.ndarray, scores: np.ndarray, best: int) -> Fix:
