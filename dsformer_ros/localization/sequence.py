@@ -376,11 +376,12 @@ class SequenceLocalizer:
                   centre: np.ndarray, unit: np.ndarray, known: np.ndarray, width: np.ndarray) -> np.ndarray:
         """(sources,) share of each source's predicted position that still lies on mapped road (the rest left it).
 
-        With a heading, the mapped road goes on as far from the source as its farthest heading-compatible place
-        ahead of it (along the source's heading; on a bend too); the share of the prediction (1 sigma `width`) within
-        that distance (plus half a keyframe spacing) stays, the share beyond it has driven past the end of the mapped
-        streets and leaves the map instead of piling up on the last place. Gaps between places leak nothing. Without
-        a heading: on the map when some compatible place lies within 3 sigma of the predicted ring.
+        With a heading, the mapped road goes on as far from the source as its farthest place ahead of it (in front
+        along the source's heading, any place heading: corner places' headings are noisy, and a bend still counts);
+        the share of the prediction (1 sigma `width`) within that distance (plus half a keyframe spacing) stays, the
+        share beyond it has driven past the end of the mapped streets and leaves the map instead of piling up on the
+        last place. Gaps between places leak nothing. Without a heading: on the map when some heading-compatible
+        place lies within 3 sigma of the predicted ring.
         """
         count = sources.size
         compatible = h >= math.exp(-2.0)
