@@ -223,6 +223,18 @@ def test_off_map_drive_publishes_no_fix_and_says_lost(straight: Map) -> None:
     assert "match no map place" in loc.status()["sequence_reason"]
 
 
+def test_driving_past_the_end_of_the_map_leaves_it(straight: Map) -> None:
+    # The road goes on 120 m beyond the mapped 600 m: the belief must not pile up on the last place.
+    path_xy, path_yaw = drive(*sampled(*polyline([(440.0, 0.0), (720.0, 0.0)]), 2.0, 4.0))
+    loc = straight.localizer()
+    results = run(straight, loc, path_xy, path_yaw, odometry=wheel())
+    err, _ = fixes(results)
+    mapped = path_xy[:, 0] <= 600.0
+    assert np.isfinite(err[mapped]).sum() >= 0.8 * mapped.sum()
+    assert not np.isfinite(err[path_xy[:, 0] > 600.0 + 25.0]).any()
+    assert results[-1][0].state == LOST and loc.lost > 0.9  # no position left on the map: it drove off it
+
+
 def test_bad_odometry_is_counted_and_leaves_the_belief_alone(straight: Map) -> None:
     path_xy, path_yaw = drive(*sampled(straight.xy[10:80], straight.yaw[10:80], 2.0, 4.0))
     clean = straight.localizer()

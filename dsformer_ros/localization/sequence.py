@@ -24,11 +24,15 @@ no resampling noise, deterministic results), and the off-map mass gives unknown 
 instead of starving a particle cloud. The cost is proportional to the places holding more than the background mass
 (places at the uniform kidnap level stay where they are), not to the map's size.
 
-A fix is published only when the belief is concentrated: at least `fix_mass` of the whole belief (matched and
-unmatched) within `fix_radius_m` of the best place, at least `matched_share` of it matching the frames, and the
-current frame scoring those places better than unrelated ones (`agreement_evidence`; so the first frame after a
-kidnap gives no fix). Its covariance is the weighted spread of that mass plus half the keyframe spacing (the map's
-resolution: never below it) on x and y, plus `lateral_sigma_m` across the heading (the lanes of a road); yaw from
+A fix is published only when the belief is concentrated: at least `fix_mass` of the on-map belief (matched and
+unmatched) within `fix_radius_m` of the best place, at least `matched_share` of it matching the frames, less than
+half of the whole belief off the map, and the recent frames scoring those places better than unrelated ones
+(`agreement_evidence` on a running sum that halves every frame: one poor view among agreeing ones keeps the fixes,
+the first frame after a kidnap contradicts them and stops them). Mass whose predicted position lies beyond the end
+of the mapped road ahead leaves the map (no position) instead of piling up on the last place; off-map mass comes
+back onto the map uniformly (`return_probability`), and unmatched mass loses its position (`forget_probability`).
+The fix's covariance is the weighted spread of that mass plus half the keyframe spacing (the map's resolution:
+never below it) on x and y, plus `lateral_sigma_m` across the heading (the lanes of a road); yaw from
 the circular spread of the places' headings. States: converged (a fix), searching (not concentrated, or the frames
 stopped agreeing), lost (most of the belief unmatched or off the map: the frames match no place).
 """
@@ -40,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial import cKDTree
+from scipy.special import ndtr as norm_cdf
 
 from dsformer_ros.common.config import ConfigError
 from dsformer_ros.common.params import check_fields, setting
@@ -52,6 +57,9 @@ CONVERGED, SEARCHING, LOST = "converged", "searching", "lost"
 NS = 1_000_000_000
 # Sources below this multiple of the uniform background mass are not moved (their motion changes nothing visible).
 TRACK_ABOVE_BACKGROUND = 2.0
+# The frames' agreement with the concentrated places is a running sum with this decay per frame (its carried credit
+# capped, see _decide): one poor view after agreeing ones does not stop the fixes, a view that contradicts them does.
+AGREEMENT_DECAY = 0.5
 
 
 @dataclass
@@ -89,6 +97,11 @@ class SequenceConfig:
     return_probability: float = setting(
         0.1, "Per frame: probability of coming back onto the map from off it.", low=0.0, high=1.0, section=SEQUENCE,
     )
+    forget_probability: float = setting(
+        0.1, "Per frame: probability that a place whose views stopped matching is not where the robot is after all "
+        "(kidnapped, or off the map): that mass loses its position (off the map).", low=0.0, high=0.5,
+        section=SEQUENCE,
+    )
     outlier_probability: float = setting(
         0.1, "Per frame: probability that the view matches its own place no better than an unrelated one "
         "(occlusion, glare, a passing truck); bounds the evidence one frame can give against a place.",
@@ -99,7 +112,8 @@ class SequenceConfig:
         low=1, high=100000, section=SEQUENCE,
     )
     fix_mass: float = setting(
-        0.9, "A fix is published when at least this share of the belief lies within fix_radius_m of the best place.",
+        0.9, "A fix is published when at least this share of the on-map belief lies within fix_radius_m of the "
+        "best place.",
         low=0.01, high=1.0, section=SEQUENCE,
     )
     fix_radius_m: float = setting(
@@ -110,8 +124,9 @@ class SequenceConfig:
         "old place stops matching: no fix from it).", low=0.0, high=1.0, section=SEQUENCE,
     )
     agreement_evidence: float = setting(
-        0.0, "A fix also needs the current frame to favour the concentrated places over unrelated ones by this "
-        "log-likelihood ratio (prior-weighted); 0: merely not against them.", low=0.0, high=20.0, section=SEQUENCE,
+        0.0, "A fix also needs the recent frames to favour the concentrated places over unrelated ones by this "
+        "log-likelihood ratio (prior-weighted, a running sum halved every frame); 0: merely not against them.",
+        low=0.0, high=20.0, section=SEQUENCE,
     )
     lateral_sigma_m: float = setting(
         2.5, "Across the road (m, 1 sigma): where a car can be on the road of the place it matches (lanes); added "
@@ -132,6 +147,8 @@ class SequenceConfig:
         check_fields(self)
         if self.kidnap_probability + self.leave_probability >= 1.0:
             raise ConfigError("kidnap_probability + leave_probability must stay below 1")
+        if self.kidnap_probability + self.return_probability + self.forget_probability > 1.0:
+            raise ConfigError("kidnap_probability + return_probability + forget_probability must not exceed 1")
 
 
 @dataclass
@@ -211,6 +228,7 @@ class SequenceLocalizer:
         self.lost = 0.5
         self._prior = self.belief.copy()
         self._llr = np.zeros(self.n)
+        self._agreement = 0.0
         self.frames_since_reset = 0
         self._last_stamp: int | None = None
         self._last_odom: OdomPose | None = None
@@ -289,10 +307,12 @@ class SequenceLocalizer:
             lost += leaked
         matched, unmatched = moved
         leave, kidnap, back = cfg.leave_probability, cfg.kidnap_probability, cfg.return_probability
+        forget = cfg.forget_probability
         total = matched.sum() + unmatched.sum() + self.lost + lost
-        self.belief = matched * (1.0 - leave - kidnap) + back * unmatched + kidnap * total / self.n
-        self.unmatched = unmatched * (1.0 - back - kidnap) + leave * matched
-        self.lost = (self.lost + lost) * (1.0 - kidnap)
+        off = self.lost + lost
+        self.belief = matched * (1.0 - leave - kidnap) + back * unmatched + (kidnap * total + back * off) / self.n
+        self.unmatched = unmatched * (1.0 - back - kidnap - forget) + leave * matched
+        self.lost = off * (1.0 - kidnap - back) + forget * unmatched.sum()
         norm = self.belief.sum() + self.unmatched.sum() + self.lost
         self.belief /= norm
         self.unmatched /= norm
@@ -344,14 +364,37 @@ class SequenceLocalizer:
         h = np.where(known[src] & np.isfinite(yaw_t), np.exp(-0.5 * (turn_err / heading_sigma) ** 2), 1.0)
         w = g * h
         norm = np.bincount(src, weights=w, minlength=sources.size)
-        # Mass stays on the map when some place within 3 sigma of the prediction has a heading within 2 sigma.
-        retained = np.zeros(sources.size)
-        np.maximum.at(retained, src, np.minimum(h / math.exp(-2.0), 1.0) * (g > math.exp(-4.5)))
+        width = np.sqrt(sigma**2 + (2.0 * reach) ** 2 / 12.0)
+        retained = self._coverage(sources, src, tgt, g, h, centre, unit, known, width)
         ok = norm > 0
         share = np.where(ok[src], w / np.where(norm[src] > 0, norm[src], 1.0), 0.0)
         carried = mass * retained
         out = np.bincount(tgt, weights=share * carried[src], minlength=self.n)
         return out, float((mass - np.where(ok, carried, 0.0)).sum())
+
+    def _coverage(self, sources: np.ndarray, src: np.ndarray, tgt: np.ndarray, g: np.ndarray, h: np.ndarray,
+                  centre: np.ndarray, unit: np.ndarray, known: np.ndarray, width: np.ndarray) -> np.ndarray:
+        """(sources,) share of each source's predicted position that still lies on mapped road (the rest left it).
+
+        With a heading, the mapped road goes on as far from the source as its farthest place ahead of it (in front
+        along the source's heading, any place heading: corner places' headings are noisy, and a bend still counts);
+        the share of the prediction (1 sigma `width`) within that distance (plus half a keyframe spacing) stays, the
+        share beyond it has driven past the end of the mapped streets and leaves the map instead of piling up on the
+        last place. Gaps between places leak nothing. Without a heading: on the map when some heading-compatible
+        place lies within 3 sigma of the predicted ring.
+        """
+        count = sources.size
+        compatible = h >= math.exp(-2.0)
+        near = np.zeros(count)
+        np.maximum.at(near, src, (compatible & (g > math.exp(-4.5))).astype(np.float64))
+        origin = self.xy[sources]
+        offset = self.xy[tgt] - origin[src]
+        ahead = (offset * unit[src]).sum(axis=1) > 0.0
+        farthest = np.full(count, -np.inf)
+        np.maximum.at(farthest, src[ahead], np.linalg.norm(offset[ahead], axis=1))
+        predicted = np.linalg.norm(centre - origin, axis=1)
+        on_road = norm_cdf((farthest - predicted + self.spacing_m / 2.0) / width)
+        return np.where(known, on_road, near)
 
     def _measure(self, rows: np.ndarray, scores: np.ndarray, reference: float) -> None:
         """Measurement step: weigh each place by its score's likelihood ratio (unmatched views: ratio 1)."""
@@ -390,29 +433,36 @@ class SequenceLocalizer:
         near = np.asarray(self.tree.query_ball_point(centre, cfg.fix_radius_m), dtype=np.int64)
         if near.size == 0:
             near = np.array([best])
-        mass = float(where[near].sum())
-        matched = float(self.belief[near].sum())
+        on_map = float(where.sum())
+        mass = float(where[near].sum()) / max(on_map, 1e-300)
+        matched = float(self.belief[near].sum()) / max(on_map, 1e-300)
         off = self.off_map
         prior = self._prior[near]
-        agrees = float((prior * np.exp(self._llr[near])).sum()) >= math.exp(cfg.agreement_evidence) * float(prior.sum())
-        if mass >= cfg.fix_mass and matched >= cfg.matched_share * mass and agrees:
+        support = float((prior * np.exp(self._llr[near])).sum()) / max(float(prior.sum()), 1e-300)
+        # Credit carried from earlier frames stays below half the strongest contradiction one frame can give (a
+        # view scoring the places at the model's floor): such a frame (a kidnap) always stops the fixes.
+        contradiction = math.log((1.0 - self.alias_rate) / cfg.outlier_probability)
+        carried = min(AGREEMENT_DECAY * self._agreement, contradiction / 2.0)
+        self._agreement = math.log(max(support, 1e-300)) + carried
+        agrees = self._agreement >= cfg.agreement_evidence
+        if mass >= cfg.fix_mass and matched >= cfg.matched_share * mass and agrees and self.lost < 0.5:
             fix = self._fix(near, where, rows, scores, best)
-            reason = f"converged: {100 * mass:.1f}% of the belief within fix_radius_m={cfg.fix_radius_m:g} of place " \
-                     f"{int(self.place_ids[best])}, {100 * matched / mass:.0f}% of it matching the frames"
+            reason = f"converged: {100 * mass:.1f}% of the on-map belief within fix_radius_m={cfg.fix_radius_m:g} " \
+                     f"of place {int(self.place_ids[best])}, {100 * matched / mass:.0f}% of it matching the frames"
             return SequenceDecision(fix, CONVERGED, reason, mass, off, odometry_used)
         if off >= 0.5:
             reason = f"lost: {100 * off:.1f}% of the belief says the frames match no map place " \
                      "(off the map, kidnapped, or an unfamiliar view)"
             return SequenceDecision(None, LOST, reason, mass, off, odometry_used)
         if mass >= cfg.fix_mass and not agrees:
-            reason = "searching: the belief is concentrated but this frame scores its places no better than " \
-                     "unrelated ones (disagreement: kidnapped, off the map, or a poor view)"
+            reason = "searching: the belief is concentrated but the recent frames score its places no better " \
+                     "than unrelated ones (disagreement: kidnapped, off the map, or a poor view)"
         elif mass >= cfg.fix_mass:
             reason = f"searching: the belief is concentrated but only {100 * matched / mass:.0f}% of it matches the " \
                      f"frames (matched_share={cfg.matched_share:g}): the frames stopped agreeing with it"
         else:
-            reason = f"searching: {100 * mass:.1f}% of the belief within fix_radius_m={cfg.fix_radius_m:g} of the " \
-                     f"best place (fix_mass={cfg.fix_mass:g}), {100 * off:.1f}% matching no place"
+            reason = f"searching: {100 * mass:.1f}% of the on-map belief within fix_radius_m={cfg.fix_radius_m:g} " \
+                     f"of the best place (fix_mass={cfg.fix_mass:g}), {100 * off:.1f}% matching no place"
         return SequenceDecision(None, SEARCHING, reason, mass, off, odometry_used)
 
     def _fix(self, near: np.ndarray, where: np.ndarray, rows: np.ndarray, scores: np.ndarray, best: int) -> Fix:
