@@ -11,7 +11,7 @@ from tqdm import tqdm
 from dsformer_ros.common.config import to_dict
 from dsformer_ros.inference.backends.base import DescriptorBackend
 from dsformer_ros.inference.backends.torch_backend import TorchBackend
-from dsformer_ros.inference.preprocess import PreprocessConfig, as_rgb_uint8, preprocess, read_image
+from dsformer_ros.inference.preprocess import PreprocessConfig, as_rgb_uint8, preprocess_rgb, read_image
 from dsformer_ros.model.dsformer import DSFormer, ModelConfig
 
 
@@ -121,7 +121,7 @@ class DescriptorExtractor:
             for indices in groups.values():
                 for start in range(0, len(indices), self.batch_size):
                     chunk = indices[start : start + self.batch_size]
-                    tensor = preprocess([rgb_images[i] for i in chunk], self.preprocess_config)
+                    tensor = preprocess_rgb([rgb_images[i] for i in chunk], self.preprocess_config)
                     out[chunk] = self.describe_tensor(tensor).cpu().numpy()
                     bar.update(len(chunk))
         return out

@@ -111,12 +111,16 @@ def normalise(batch: np.ndarray, config: PreprocessConfig) -> torch.Tensor:
 
 def preprocess(images: Sequence[np.ndarray], config: PreprocessConfig, bgr: bool = False) -> torch.Tensor:
     """A batch of uint8 images -> one normalised tensor; all images must map to the same output size."""
+    return preprocess_rgb([as_rgb_uint8(image, bgr=bgr) for image in images], config)
+
+
+def preprocess_rgb(images: Sequence[np.ndarray], config: PreprocessConfig) -> torch.Tensor:
+    """`preprocess` of images already checked by `as_rgb_uint8` (the extractor checks each frame once)."""
     if len(images) == 0:
         raise ImageError("no images to preprocess")
     resized = []
     target = None
-    for image in images:
-        rgb = as_rgb_uint8(image, bgr=bgr)
+    for rgb in images:
         size = config.output_size(rgb.shape[0], rgb.shape[1])
         if target is None:
             target = size
