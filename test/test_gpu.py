@@ -1,35 +1,22 @@
 """CUDA only (skipped elsewhere; scripts/gpu_check.sh runs them): torch on the GPU and the TensorRT backend."""
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import pytest
 import torch
 
 from dsformer_ros.inference.backends import load_backend
+from dsformer_ros.inference.bench import random_model
 from dsformer_ros.inference.export import export_onnx
 from dsformer_ros.inference.extractor import DescriptorExtractor
-from dsformer_ros.model.dsformer import build_model, preset
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def _model(variant: str = "resnet50") -> torch.nn.Module:
-    config = dataclasses.replace(preset(variant), image_size=(224, 224))
-    torch.manual_seed(0)
-    model = build_model(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lookup_table_weight" in name:
-                torch.nn.init.normal_(param, std=0.02)
-    model.checkpoint_sha256 = "0" * 64
-    return model
-
-
 @pytest.mark.parametrize("variant", ["resnet50", "dinov2"])
 def test_torch_on_cuda_matches_the_cpu_and_low_precision_stays_close(variant):
-    model = _model(variant)
+    model = random_model(variant, (224, 224))
     x = torch.randn(4, 3, 224, 224)
     with torch.inference_mode():
         cpu = model(x)
@@ -44,8 +31,8 @@ def test_torch_on_cuda_matches_the_cpu_and_low_precision_stays_close(variant):
 @pytest.mark.parametrize("variant", ["resnet50", "dinov2"])
 def test_tensorrt_fp16_engine_agrees_and_is_cached(variant, tmp_path):
     pytest.importorskip("tensorrt")
-    model = _model(variant)
-    export_onnx(model, tmp_path / "m.onnx", exporter="legacy")
+    model = random_model(variant, (224, 224))
+    export_onnx(model, tmp_path / "m.onnx", image_size=(224, 224), exporter="legacy")
     x = torch.randn(8, 3, 224, 224)
     with torch.inference_mode():
         expected = model(x)

@@ -167,7 +167,8 @@ class Runner:
     run: Callable[[torch.Tensor], torch.Tensor]
 
 
-def _random_model(variant: str, image_size: list[int]) -> DSFormer:
+def random_model(variant: str, image_size: list[int] | tuple[int, int] = ()) -> DSFormer:
+    """The variant with seeded random weights and non-zero iRPE tables (so every term is timed and compared)."""
     config = preset(variant)
     torch.manual_seed(0)
     model = build_model(config).eval()
@@ -235,7 +236,7 @@ def _runners(model: DSFormer, size: tuple[int, int], device: torch.device, batch
 
 def bench_variant(variant: str, cfg: BenchConfig, rates: dict[tuple[str, str], float], workdir: Path) -> list[dict]:
     """Rows of the benchmark table for one variant."""
-    model = _random_model(variant, cfg.image_size)
+    model = random_model(variant, cfg.image_size)
     size = tuple(cfg.image_size) if cfg.image_size else tuple(model.config.image_size)
     gflops = count_gflops(model, torch.randn(1, 3, *size))
     rows = []
