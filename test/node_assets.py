@@ -60,7 +60,12 @@ def make_checkpoint_and_map(out: Path) -> dict[str, Path]:
 
 
 def write_params(path: Path, section: str = "/**", **values: Any) -> Path:
-    """A minimal parameter file: only the given values, in `section` (a node name or /**)."""
+    """A minimal parameter file: only the given values, in `section` (a node name or /**).
+
+    The 6-place map is too small for the sequence localizer's fitted similarity model (it needs distant place
+    pairs), so these files choose mode single_frame unless told otherwise.
+    """
+    values.setdefault("mode", "single_frame")
     params = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
     path.write_text(yaml.safe_dump({section: {"ros__parameters": params}}))
     return path

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,8 +21,8 @@ rclpy = pytest.importorskip("rclpy")
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from node_assets import generated_images, make_checkpoint_and_map, write_params  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from ros_client import RosClient  # noqa: E402
 from ros_install import ros_env  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
@@ -79,48 +78,6 @@ class Launch:
             pass
         self.proc.wait()
         self._log.close()
-
-
-class Client:
-    """A test-side rclpy node in its own context, spun on a thread, recording what it receives."""
-
-    def __init__(self) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("launch_test_client", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.received: dict[str, list[Any]] = {}
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        while self.context.ok():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # the context was shut down while spinning
-                return
-
-    def subscribe(self, msg_type: type, topic: str) -> None:
-        """Record every message on `topic`."""
-        self.received[topic] = []
-
-        def record(msg: Any) -> None:
-            with self._lock:
-                self.received[topic].append(msg)
-
-        self.node.create_subscription(msg_type, topic, record, 50)
-
-    def messages(self, topic: str) -> list[Any]:
-        """What arrived on `topic` so far."""
-        with self._lock:
-            return list(self.received[topic])
-
-    def close(self) -> None:
-        """Shut the context down."""
-        rclpy.try_shutdown(context=self.context)
-        self._thread.join(5.0)
 
 
 def wait_until(
@@ -179,7 +136,7 @@ def test_launch_drives_the_node_to_active_in_its_namespace(env, launched):
 def test_launched_node_answers_images_on_sim_time(launched):
     """An image gets its candidates; diagnostics carry the /clock time, not the wall clock."""
     launched.wait_for_log("active: listening", START_TIMEOUT_S)
-    client = Client()
+    client = RosClient("launch_test_client")
     try:
         client.subscribe(PointCloud2, f"{NODE}/candidates")
         client.subscribe(DiagnosticArray, "/diagnostics")
@@ -194,12 +151,12 @@ def test_launched_node_answers_images_on_sim_time(launched):
             clock.publish(Clock(clock=Time(sec=SIM_TIME_S, nanosec=0)))
             images.publish(msg)
 
-        clouds = wait_until(lambda: [c for c in client.messages(f"{NODE}/candidates") if c.header.stamp.sec == 77],
+        clouds = wait_until(lambda: [c for _, c in client.messages(f"{NODE}/candidates") if c.header.stamp.sec == 77],
                             ANSWER_TIMEOUT_S, "candidates of the image", launched, tick)
         assert len(read_candidates_cloud(clouds[0])) == 5
         ours = f"{NODE}: visual place recognition"
         diagnostics = wait_until(
-            lambda: [d for d in client.messages("/diagnostics") if d.status and d.status[0].name == ours
+            lambda: [d for _, d in client.messages("/diagnostics") if d.status and d.status[0].name == ours
                      and d.header.stamp.sec >= SIM_TIME_S],
             ANSWER_TIMEOUT_S, "diagnostics on sim time", launched, tick,
         )
