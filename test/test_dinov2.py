@@ -111,7 +111,7 @@ def test_old_checkpoints_carrying_dino_intermediate_norm(tmp_path):
     x = torch.randn(1, 3, 224, 224)
     with torch.inference_mode():
         assert torch.equal(loaded(x), lite(x))
-    placeholder = {"backbone.dino.cls_token": torch.zeros(1, 1, 768)}
+    placeholder = {"backbone.dino.cls_token": torch.ones(1, 1, 768)}  # real values: all-zero weights are refused
     _old_checkpoint(tmp_path / "dino_false.pt", "dinov2", False, placeholder)
     assert read_checkpoint(tmp_path / "dino_false.pt").config == preset("dinov2")
     _old_checkpoint(tmp_path / "dino_true.pt", "dinov2", True, placeholder)
