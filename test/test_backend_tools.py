@@ -35,10 +35,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"pt": out / "small.pt", "onnx": out / "small.onnx"}
 
 
-def test_build_map_with_onnxruntime_equals_torch(models: dict[str, Path], corridor: Path, tmp_path: Path) -> None:
+def test_build_map_with_onnxruntime_equals_torch(models: dict[str, Path], traversals: Path, tmp_path: Path) -> None:
     folder = tmp_path / "db"
     folder.mkdir()
-    for k, path in enumerate(sorted((corridor / "ref").glob("*.jpg"))[:6]):
+    for k, path in enumerate(sorted((traversals / "ref").glob("*.jpg"))[:6]):
         lat, lon = utm_to_latlon(E0 + 5 * k, N0, 32, "U")
         name = format_at_name(AtName(E0 + 5 * k, N0, 32, "U", float(lat), float(lon), heading_deg=90.0,
                                      timestamp=str(k * 10**9)))
@@ -55,17 +55,17 @@ def test_build_map_with_onnxruntime_equals_torch(models: dict[str, Path], corrid
         BuildMapConfig(input=str(folder), out=str(tmp_path / "x"), backend="onnxruntime").validate()
 
 
-def test_eval_with_onnxruntime_scores_like_torch(models: dict[str, Path], gardens_point: Path, tmp_path: Path) -> None:
+def test_eval_with_onnxruntime_scores_like_torch(models: dict[str, Path], traversals: Path, tmp_path: Path) -> None:
     recall = {}
     for backend, checkpoint in (("torch", models["pt"]), ("onnxruntime", models["onnx"])):
         out = tmp_path / backend
-        code = cli_main(["eval", "--dataset-root", str(gardens_point), "--dataset-format", "folders", "--device",
+        code = cli_main(["eval", "--dataset-root", str(traversals), "--dataset-format", "folders", "--device",
                          "cpu", "--checkpoint", str(checkpoint), "--backend", backend, "--out", str(out),
                          "--set", "recall_ns=[1,5]", "--set", "figures=false"])
         assert code == 0
         recall[backend] = json.loads((out / "report.json").read_text())["methods"]["dsformer"]["recall"]
     assert recall["onnxruntime"] == recall["torch"]
-    assert cli_main(["eval", "--dataset-root", str(gardens_point), "--checkpoint", str(models["onnx"]), "--backend",
+    assert cli_main(["eval", "--dataset-root", str(traversals), "--checkpoint", str(models["onnx"]), "--backend",
                      "onnxruntime", "--baselines", "--out", str(tmp_path / "bad")]) == 2
 
 

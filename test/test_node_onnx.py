@@ -46,7 +46,7 @@ TOP_K = 3
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory, corridor: Path, repo_root: Path) -> dict[str, Any]:
+def assets(tmp_path_factory: pytest.TempPathFactory, traversals: Path, repo_root: Path) -> dict[str, Any]:
     """model.pt + model.onnx (same weights), other.onnx (other weights), a map of every third ref image."""
     out = tmp_path_factory.mktemp("vpr_node_onnx")
     sha = save_checkpoint(out / "model.pt", load_model(device="cpu", seed=11))
@@ -55,18 +55,18 @@ def assets(tmp_path_factory: pytest.TempPathFactory, corridor: Path, repo_root: 
     export_onnx(model, out / "model.onnx", exporter="legacy", verify=False)
     export_onnx(load_model(out / "other.pt", device="cpu"), out / "other.onnx", exporter="legacy", verify=False)
     extractor = DescriptorExtractor(model, batch_size=8)
-    refs = sorted((corridor / "ref").glob("*.jpg"))[::3]
+    refs = sorted((traversals / "ref").glob("*.jpg"))[::3]
     index = np.array([int(p.stem) for p in refs])
     n = len(refs)
     metadata = PlaceMetadata(
         place_id=index, easting=500_000.0 + index, northing=np.full(n, 5_000_000.0), zone_number=np.full(n, 32),
         zone_letter=np.array(["U"] * n), lat=np.full(n, 45.1), lon=np.full(n, 9.0), heading_deg=np.full(n, 90.0),
-        stamp_ns=index * 1_000_000_000, source=np.array(["corridor/ref"] * n),
+        stamp_ns=index * 1_000_000_000, source=np.array(["traversals/ref"] * n),
     )
     place_map = PlaceMap.build(extractor.describe_paths(refs), metadata, model_variant=model.config.variant,
                                checkpoint_sha256=sha, preprocessing={}, build_info={"source": "test_node_onnx"})
     place_map.save(out / "map")
-    queries = [read_image(corridor / "query" / f"{i:07d}.jpg") for i in QUERIES]
+    queries = [read_image(traversals / "query" / f"{i:07d}.jpg") for i in QUERIES]
     expected = place_map.search(extractor.describe(queries), TOP_K)
     return {"dir": out, "sha": sha, "other_sha": other_sha, "queries": queries, "expected": expected,
             "repo_root": repo_root}
