@@ -147,8 +147,11 @@ def test_launched_node_answers_images_on_sim_time(launched):
                     data=rgb.tobytes())
         msg.header.stamp = Time(sec=77, nanosec=0)
 
-        def tick() -> None:
-            clock.publish(Clock(clock=Time(sec=SIM_TIME_S, nanosec=0)))
+        ticks = [0]
+
+        def tick() -> None:  # sim time moves on, so the node's sim-time diagnostics timer keeps firing
+            ticks[0] += 1
+            clock.publish(Clock(clock=Time(sec=SIM_TIME_S + ticks[0] // 5, nanosec=(ticks[0] % 5) * 200_000_000)))
             images.publish(msg)
 
         clouds = wait_until(lambda: [c for _, c in client.messages(f"{NODE}/candidates") if c.header.stamp.sec == 77],
