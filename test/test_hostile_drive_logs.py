@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 from dsformer_ros.common.utm import utm_to_latlon
 from training.io.bag_reader import BagError, DriveLogReader, GpsFix
 from training.io.bag_writer import DriveLogWriter
-from training.maps.track import MotionGate, TrackError, check_frame_stamps, gate_motion, track_from_fixes
+from training.maps.track import (
+    TRACK_JUMP,
+    MotionGate,
+    TrackError,
+    check_frame_stamps,
+    gate_motion,
+    position_frames,
+    track_from_fixes,
+)
 
 FUZZ = settings(max_examples=100, derandomize=True, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -75,12 +83,26 @@ def test_a_long_glitch_at_the_start_makes_the_gate_start_over() -> None:
     assert _position_error(track, t[10:], e[10:], n[10:]) < 6.0
 
 
+def test_a_real_jump_keeps_the_new_track_and_no_frame_is_placed_between_the_two() -> None:
+    t, e, n, ge, gn = _drive(60, 10.0, 10.0, 0.0)
+    ge = np.where(t >= 3.0, ge + 150.0, ge)  # teleported 150 m east at 3 s; the GPS follows at once
+    track = track_from_fixes(_fixes(t, ge, gn), 5.0, 2.0)
+    assert track.counts["track_restarts"] == 1
+    assert track.counts["fix_rejected_speed"] == 0  # the fixes after the jump were rejected, then taken back
+    assert track.counts["fixes_used"] == len(t)
+    frames = (np.array([2.95, 3.05, 4.0]) * NS + NS).astype(np.int64)
+    pos = position_frames(track, frames, 1.5)
+    assert pos.reason[0] == TRACK_JUMP  # between the last fix before the jump and the first after it
+    assert pos.reason[1] == "" and pos.reason[2] == ""
+    assert abs(pos.easting[2] - np.interp(4.0, t, ge)) < 0.01  # on the new track
+
+
 @FUZZ
 @given(speed=st.floats(0.0, 55.0), hz=st.sampled_from([1.0, 5.0, 10.0]), noise=st.floats(0.0, 1.5),
        turn=st.floats(-20.0, 20.0), seed=st.integers(0, 1000))
 def test_real_drives_within_the_limits_keep_every_fix(speed, hz, noise, turn, seed) -> None:
     t, e, n, ge, gn = _drive(40, hz, speed, noise, seed, turn)
-    keep, counts = gate_motion((t * NS).astype(np.int64), ge, gn, MotionGate(), np.full(t.size, 1.5))
+    keep, counts, _ = gate_motion((t * NS).astype(np.int64), ge, gn, MotionGate(), np.full(t.size, 1.5))
     assert keep.all(), counts
 
 
@@ -97,7 +119,7 @@ def test_isolated_jumps_are_always_rejected(speed, noise, seed, jumps) -> None:
         ge[i] += size * math.sin(angle)
         gn[i] += size * math.cos(angle)
         bad[i] = True
-    keep, counts = gate_motion((t * NS).astype(np.int64), ge, gn, MotionGate(), np.full(t.size, 1.5))
+    keep, counts, _ = gate_motion((t * NS).astype(np.int64), ge, gn, MotionGate(), np.full(t.size, 1.5))
     assert not keep[bad].any(), counts
     assert keep[~bad].mean() > 0.95, counts
 

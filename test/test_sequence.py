@@ -273,3 +273,24 @@ def test_relocalize_forgets_the_belief(straight: Map) -> None:
     loc.reset()
     assert loc.off_map == pytest.approx(0.5) and loc.belief.max() == pytest.approx(0.5 / loc.n)
     assert loc.status()["sequence_resets"] == 1
+
+
+def test_odometry_carries_the_fix_through_frames_without_a_match_without_rounding_to_places(straight: Map) -> None:
+    """Steps of 2.9 m on 2 m places: the sub-place offsets keep the dead-reckoned fix on the truth; the fixes stop
+    once the odometry noise has spread the belief (no fix from dead reckoning alone for ever)."""
+    loc = straight.localizer()
+    rng = np.random.default_rng(1)
+    errors = []
+    for k in range(60):
+        x = 20.0 + 2.9 * k
+        stamp = int(k * 0.5 * NS)
+        loc.add_odometry(stamp, 2.9 * k, 0.0, 0.0)
+        if k < 15:
+            d = straight.frame(loc, stamp, straight.world.describe(np.array([x, 0.0]), np.array([0.0]), 0.3, rng)[0])
+        else:  # retrieval gave nothing: no measurement, motion only
+            d = loc.update(stamp, np.array([], dtype=np.int64), np.array([]), 0.0)
+        errors.append(math.hypot(d.fix.easting - x, d.fix.northing) if d.fix else math.nan)
+    errors = np.array(errors)
+    assert np.isfinite(errors[10:35]).all() and np.nanmax(errors[10:35]) < 0.5
+    assert not np.isfinite(errors[50:]).any()
+    assert float(np.abs(loc.offset).max()) <= loc.spacing_m

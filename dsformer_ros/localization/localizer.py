@@ -26,7 +26,13 @@ from dsformer_ros.inference.preprocess import PreprocessConfig
 from dsformer_ros.localization.pose_estimate import Candidates, Decision, TemporalFilter, decide
 from dsformer_ros.localization.sequence import SequenceConfig, SequenceLocalizer
 from dsformer_ros.maps.placemap import MapError, PlaceMap
-from dsformer_ros.maps.similarity import SimilarityFitError, map_similarity, place_poses, reference_rows
+from dsformer_ros.maps.similarity import (
+    SimilarityFitError,
+    map_similarity,
+    place_poses,
+    position_noise_m,
+    reference_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -335,4 +341,5 @@ def sequence_localizer(place_map: PlaceMap, config: SequenceConfig, floor_sigma_
     except SimilarityFitError as exc:
         raise LocalizerError(f"sequence mode needs the map's similarity model: {exc}") from None
     xy, yaw = place_poses(place_map)
-    return SequenceLocalizer(xy, yaw, np.asarray(place_map.metadata.place_id), model, config, floor_sigma_m)
+    noise = position_noise_m(xy, np.asarray(place_map.metadata.stamp_ns))
+    return SequenceLocalizer(xy, yaw, np.asarray(place_map.metadata.place_id), model, config, floor_sigma_m, noise)

@@ -8,8 +8,11 @@ frame updates it by
   lands, weighted by position (Gaussian; noise grows with distance, turns and the places' own GPS noise) and by
   heading agreement (a place is a view: its heading, the direction of its mapping drive, is the robot's heading).
   Without odometry the robot may have moved any distance up to `max_speed_mps * dt` forward (SeqSLAM's velocity
-  search). Mass whose prediction finds no place with a compatible heading leaves the map. Hazards move a little
-  mass between matched and unmatched, and spread a little over all places (the robot may have been carried
+  search). Each place also carries where within its cell its mass lies (the mass-weighted mean offset of the
+  predictions that landed on it), so moving mass between discrete places does not round the position: steps that
+  are not a multiple of the keyframe spacing neither stall nor drift the belief, and the fix is the mean of these
+  sub-place positions. Mass whose prediction finds no place with a compatible heading leaves the map. Hazards
+  move a little mass between matched and unmatched, and spread a little over all places (the robot may have been carried
   elsewhere, or come back onto the map: `kidnap_probability`);
 - a measurement step: each retrieved place's score becomes a likelihood ratio through the map's fitted
   `SimilarityModel` (dsformer_ros.maps.similarity), relative to the frame's own negative level; places not retrieved
@@ -32,7 +35,8 @@ the first frame after a kidnap contradicts them and stops them). Mass whose pred
 of the mapped road ahead leaves the map (no position) instead of piling up on the last place; off-map mass comes
 back onto the map uniformly (`return_probability`), and unmatched mass loses its position (`forget_probability`).
 The fix's covariance is the weighted spread of that mass plus half the keyframe spacing (the map's resolution:
-never below it) on x and y, plus `lateral_sigma_m` across the heading (the lanes of a road); yaw from
+never below it) and the map's own place-position noise (fitted from its places, `position_noise_m`) on x and y,
+plus `lateral_sigma_m` across the heading (the lanes of a road); yaw from
 the circular spread of the places' headings. States: converged (a fix), searching (not concentrated, or the frames
 stopped agreeing), lost (most of the belief unmatched or off the map: the frames match no place).
 """
@@ -187,6 +191,7 @@ class SequenceLocalizer:
         model: SimilarityModel,
         config: SequenceConfig,
         floor_sigma_m: float,
+        position_sigma_m: float = 0.0,
     ) -> None:
         config.validate()
         self.xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
@@ -196,6 +201,8 @@ class SequenceLocalizer:
             raise ValueError("sequence localization needs at least 2 places with one position, yaw and id each")
         if not floor_sigma_m > 0:
             raise ValueError(f"floor_sigma_m must be > 0, got {floor_sigma_m}")
+        if not (math.isfinite(position_sigma_m) and position_sigma_m >= 0):
+            raise ValueError(f"position_sigma_m must be >= 0, got {position_sigma_m}")
         model.validate()
         self.model = model
         self.config = config
@@ -203,6 +210,7 @@ class SequenceLocalizer:
         self.tree = cKDTree(self.xy)
         self.spacing_m = 2.0 * floor_sigma_m
         self.floor_sigma_m = floor_sigma_m
+        self.position_sigma_m = position_sigma_m
         self.extent_sigma_m = max(model.place_sigma_m, floor_sigma_m)
         self.heading_sigma = math.radians(config.heading_tolerance_deg)
         self.alias_rate = min(max(model.alias_rate, math.log(2.0) / self.n), 0.5)
@@ -225,6 +233,7 @@ class SequenceLocalizer:
         """Half the belief uniform over the places, half off the map; no previous frame."""
         self.belief = np.full(self.n, 0.5 / self.n)
         self.unmatched = np.zeros(self.n)
+        self.offset = np.zeros((self.n, 2))  # where each place's mass lies relative to the place (m, UTM)
         self.lost = 0.5
         self._prior = self.belief.copy()
         self._llr = np.zeros(self.n)
@@ -299,13 +308,21 @@ class SequenceLocalizer:
             sources = np.array([int(np.argmax(self.belief + self.unmatched))])
         lost = 0.0
         moved = []
+        staying = self.belief + self.unmatched
+        staying[sources] = 0.0
+        position_sum = staying[:, None] * self.offset
         for part in (self.belief, self.unmatched):
             out = part.copy()
             out[sources] = 0.0
-            target, leaked = self._transition(sources, part[sources], motion, dt_s)
+            target, arrived, leaked = self._transition(sources, part[sources], motion, dt_s)
             moved.append(out + target)
+            position_sum += arrived
             lost += leaked
         matched, unmatched = moved
+        here = matched + unmatched
+        self.offset = position_sum / np.where(here > 0, here, 1.0)[:, None]
+        length = np.linalg.norm(self.offset, axis=1)
+        self.offset *= np.minimum(1.0, self.spacing_m / np.maximum(length, 1e-12))[:, None]
         leave, kidnap, back = cfg.leave_probability, cfg.kidnap_probability, cfg.return_probability
         forget = cfg.forget_probability
         total = matched.sum() + unmatched.sum() + self.lost + lost
@@ -313,6 +330,9 @@ class SequenceLocalizer:
         self.belief = matched * (1.0 - leave - kidnap) + back * unmatched + (kidnap * total + back * off) / self.n
         self.unmatched = unmatched * (1.0 - back - kidnap - forget) + leave * matched
         self.lost = off * (1.0 - kidnap - back) + forget * unmatched.sum()
+        spread = (kidnap * total + back * off) / self.n  # arrives anywhere in the place's cell: no offset
+        here = self.belief + self.unmatched
+        self.offset *= ((here - spread) / np.maximum(here, 1e-300)).clip(0.0, 1.0)[:, None]
         norm = self.belief.sum() + self.unmatched.sum() + self.lost
         self.belief /= norm
         self.unmatched /= norm
@@ -320,8 +340,9 @@ class SequenceLocalizer:
 
     def _transition(
         self, sources: np.ndarray, mass: np.ndarray, motion: Motion | None, dt_s: float | None
-    ) -> tuple[np.ndarray, float]:
-        """Mass of `sources` moved to the places (N,) and the mass that found no place (off the map)."""
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Mass of `sources` moved to the places (N,), the mass-weighted offsets (N, 2) of the predictions that
+        landed on each place from it (their sum; zero without odometry), and the mass that found no place."""
         cfg = self.config
         yaw_s = self.yaw[sources]
         known = np.isfinite(yaw_s)
@@ -332,9 +353,10 @@ class SequenceLocalizer:
             # The places' own positions are known to about a keyframe spacing (GPS noise of the mapping drive).
             sigma = cfg.odometry_noise_m + cfg.odometry_noise_fraction * motion.distance + self.spacing_m \
                 + self.extent_sigma_m * abs(motion.dyaw)
-            offset = np.column_stack([unit[:, 0] * motion.dx - unit[:, 1] * motion.dy,
-                                      unit[:, 1] * motion.dx + unit[:, 0] * motion.dy])
-            centre = np.where(known[:, None], self.xy[sources] + offset, self.xy[sources])
+            step = np.column_stack([unit[:, 0] * motion.dx - unit[:, 1] * motion.dy,
+                                    unit[:, 1] * motion.dx + unit[:, 0] * motion.dy])
+            start = self.xy[sources] + self.offset[sources]
+            centre = np.where(known[:, None], start + step, start)
             reach = np.where(known, 0.0, motion.distance)
             turn, heading_sigma = motion.dyaw, self.heading_sigma
         else:
@@ -345,8 +367,9 @@ class SequenceLocalizer:
             turn, heading_sigma = 0.0, 2.0 * self.heading_sigma
         src, tgt = _ball_pairs(self.tree, centre, reach + 3.0 * sigma + self.spacing_m)
         out = np.zeros(self.n)
+        arrived = np.zeros((self.n, 2))
         if src.size == 0:
-            return out, float(mass.sum())
+            return out, arrived, float(mass.sum())
         p_t = self.xy[tgt]
         origin = self.xy[sources][src]
         if motion is not None:
@@ -369,8 +392,13 @@ class SequenceLocalizer:
         ok = norm > 0
         share = np.where(ok[src], w / np.where(norm[src] > 0, norm[src], 1.0), 0.0)
         carried = mass * retained
-        out = np.bincount(tgt, weights=share * carried[src], minlength=self.n)
-        return out, float((mass - np.where(ok, carried, 0.0)).sum())
+        weight = share * carried[src]
+        out = np.bincount(tgt, weights=weight, minlength=self.n)
+        if motion is not None:
+            landed = np.where(known[src, None], centre[src] - p_t, 0.0)
+            arrived[:, 0] = np.bincount(tgt, weights=weight * landed[:, 0], minlength=self.n)
+            arrived[:, 1] = np.bincount(tgt, weights=weight * landed[:, 1], minlength=self.n)
+        return out, arrived, float((mass - np.where(ok, carried, 0.0)).sum())
 
     def _coverage(self, sources: np.ndarray, src: np.ndarray, tgt: np.ndarray, g: np.ndarray, h: np.ndarray,
                   centre: np.ndarray, unit: np.ndarray, known: np.ndarray, width: np.ndarray) -> np.ndarray:
@@ -466,8 +494,11 @@ class SequenceLocalizer:
         return SequenceDecision(None, SEARCHING, reason, mass, off, odometry_used)
 
     def _fix(self, near: np.ndarray, where: np.ndarray, rows: np.ndarray, scores: np.ndarray, best: int) -> Fix:
-        """The fix of the concentrated mass: its mean, its spread plus the lateral and resolution terms, its yaw."""
-        mean, cov, yaw, yaw_known = pose_covariance(self.xy[near], where[near], self.yaw[near], self.floor_sigma_m)
+        """The fix of the concentrated mass: its mean, its spread plus the lateral, resolution and map-position
+        terms, its yaw."""
+        mean, cov, yaw, yaw_known = pose_covariance(self.xy[near] + self.offset[near], where[near], self.yaw[near],
+                                                    self.floor_sigma_m)
+        cov[:2, :2] += self.position_sigma_m**2 * np.eye(2)
         if yaw_known:
             normal = np.array([-math.sin(yaw), math.cos(yaw)])
             cov[:2, :2] += self.config.lateral_sigma_m**2 * np.outer(normal, normal)

@@ -232,6 +232,15 @@ def reference_rows(n: int, size: int = REFERENCE_SAMPLE) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, num=min(n, size)).round().astype(np.int64))
 
 
+def _drives(xy: np.ndarray, stamp_ns: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Places in stamp order and that order cut into drives where consecutive places lie far apart."""
+    order = np.argsort(np.asarray(stamp_ns), kind="stable")
+    step = np.hypot(*np.diff(xy[order], axis=0).T)
+    spacing = float(np.median(step)) if step.size else 0.0
+    cut = np.flatnonzero(step > max(10.0, 5.0 * spacing)) + 1
+    return order, np.split(np.arange(xy.shape[0]), cut)
+
+
 def drive_yaw(xy: np.ndarray, stamp_ns: np.ndarray, stored_yaw: np.ndarray, baseline_m: float = DRIVE_BASELINE_M) -> np.ndarray:
     """Each place's ENU yaw as the direction of its drive through it, over `baseline_m` of that drive.
 
@@ -241,15 +250,11 @@ def drive_yaw(xy: np.ndarray, stamp_ns: np.ndarray, stored_yaw: np.ndarray, base
     """
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     out = np.asarray(stored_yaw, dtype=np.float64).copy()
-    n = xy.shape[0]
-    if n < 2:
+    if xy.shape[0] < 2:
         return out
-    order = np.argsort(np.asarray(stamp_ns), kind="stable")
+    order, parts = _drives(xy, stamp_ns)
     p = xy[order]
-    step = np.hypot(*np.diff(p, axis=0).T)
-    spacing = float(np.median(step)) if step.size else 0.0
-    cut = np.flatnonzero(step > max(10.0, 5.0 * spacing)) + 1
-    for part in np.split(np.arange(n), cut):
+    for part in parts:
         if part.size < 2:
             continue
         q = p[part]
@@ -260,6 +265,38 @@ def drive_yaw(xy: np.ndarray, stamp_ns: np.ndarray, stored_yaw: np.ndarray, base
         ok = np.hypot(d[:, 0], d[:, 1]) > 0
         out[order[part[ok]]] = np.arctan2(d[ok, 1], d[ok, 0])
     return out
+
+
+def position_noise_m(xy: np.ndarray, stamp_ns: np.ndarray) -> float:
+    """The map's own place-position noise (m, 1 sigma per axis), measured from its places: 0 when unmeasurable.
+
+    Along each drive a place should lie on the line through its two neighbours; with independent position noise
+    sigma per axis its distance from that line has variance sigma^2 (1 + a^2 + b^2), a and b the weights of the
+    neighbours at the place's projection onto it (along the line the noise cannot be told from the spacing). The
+    median absolute distance (robust to the corners, where the line is wrong) gives sigma; it reads low (by about
+    a third) once the noise reaches half the keyframe spacing, where the neighbours' line itself wanders. Places
+    come from GPS, so their positions carry its noise into every fix they give.
+    """
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    order, parts = _drives(xy, stamp_ns)
+    p = xy[order]
+    scaled = []
+    for part in parts:
+        if part.size < 3:
+            continue
+        q = p[part]
+        chord = q[2:] - q[:-2]
+        length = np.hypot(chord[:, 0], chord[:, 1])
+        ok = length > 0
+        u = chord[ok] / length[ok, None]
+        rel = (q[1:-1] - q[:-2])[ok]
+        b = ((rel * u).sum(axis=1) / length[ok]).clip(0.0, 1.0)  # weight of the next neighbour
+        distance = rel[:, 0] * u[:, 1] - rel[:, 1] * u[:, 0]
+        scaled.append(distance / np.sqrt(1.0 + b**2 + (1.0 - b) ** 2))
+    values = np.concatenate(scaled) if scaled else np.zeros(0)
+    if values.size < MIN_PAIRS:
+        return 0.0
+    return float(np.median(np.abs(values)) / norm.ppf(0.75))
 
 
 def place_poses(place_map: "PlaceMap") -> tuple[np.ndarray, np.ndarray]:

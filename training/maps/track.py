@@ -24,6 +24,7 @@ NS = 1_000_000_000
 # frame drop reasons of `position_frames`
 FIX_GAP = "no_fix_near_in_time"
 OUTSIDE_TRACK = "outside_gps_track"
+TRACK_JUMP = "across_a_track_jump"
 SPACING_TOLERANCE_M = 1e-3  # a keyframe exactly D metres on counts despite rounding in the projection
 EARTH_RADIUS_M = 6_371_000.0
 
@@ -68,6 +69,7 @@ class Track:
     heading_source: str
     counts: dict
     crossed_zones: list
+    segment_start: np.ndarray | None = None  # fixes that begin a new segment after a jump; None: one segment
 
 
 @dataclasses.dataclass
@@ -112,9 +114,10 @@ def _local_metres(lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def gate_motion(stamps_ns: np.ndarray, x: np.ndarray, y: np.ndarray, gate: MotionGate,
-                std_m: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
-    """Mask of the fixes (sorted by stamp, x/y in metres) that pass `gate`, and how many each stage rejected;
-    a fix's known horizontal std (`std_m`, NaN when unknown) widens its allowance by three of it."""
+                std_m: np.ndarray | None = None) -> tuple[np.ndarray, dict, np.ndarray]:
+    """Mask of the fixes (sorted by stamp, x/y in metres) that pass `gate`, how many each stage rejected, and the
+    mask of fixes that start a new segment after a jump (never interpolated across); a fix's known horizontal std
+    (`std_m`, NaN when unknown) widens its allowance by three of it."""
     n = stamps_ns.size
     slack = 3.0 * np.nan_to_num(np.zeros(n) if std_m is None else np.asarray(std_m, dtype=np.float64), nan=0.0)
     t = (stamps_ns - stamps_ns[0]) / NS if n else np.zeros(0)
@@ -127,7 +130,9 @@ def gate_motion(stamps_ns: np.ndarray, x: np.ndarray, y: np.ndarray, gate: Motio
         allowed = gate.noise_m + slack + gate.max_speed_mps * (t[lo + gate.window - 1] - t[lo]) / 2.0
         keep = deviation <= allowed
     outliers = int((~keep).sum())
-    last, speed, run, restarts = -1, gate.max_speed_mps, 0, 0  # the speed at the start is unknown: any
+    starts = np.zeros(n, dtype=bool)
+    last, speed, restarts = -1, gate.max_speed_mps, 0  # the speed at the start is unknown: any
+    pending: list[int] = []  # fixes rejected as unreachable since the last accepted one
     for i in np.flatnonzero(keep):
         if last < 0:
             last = i
@@ -136,20 +141,36 @@ def gate_motion(stamps_ns: np.ndarray, x: np.ndarray, y: np.ndarray, gate: Motio
         reach_speed = min(gate.max_speed_mps, speed + gate.max_accel_mps2 * dt)
         reachable = reach_speed * dt + gate.noise_m + slack[i] + slack[last]
         distance = math.hypot(x[i] - x[last], y[i] - y[last])
-        if distance <= reachable or run >= gate.max_rejected_run:
-            if run >= gate.max_rejected_run:
-                restarts += 1
-                log.warning("the GPS track jumps %.0f m at %.1f s and stays there; continuing from the new position",
-                            distance, t[i])
-                speed = gate.max_speed_mps
-            else:
-                speed = distance / dt if dt > 0 else speed
-            last, run = i, 0
+        if distance <= reachable:
+            speed = distance / dt if dt > 0 else speed
+        elif len(pending) >= gate.max_rejected_run:
+            restarts += 1
+            log.warning("the GPS track jumps %.0f m at %.1f s and stays there; continuing from the new position",
+                        distance, t[i])
+            segment = _consistent_run(pending, i, t, x, y, gate, slack)
+            keep[segment] = True
+            starts[min(segment + [i])] = True
+            speed = gate.max_speed_mps
         else:
             keep[i] = False
-            run += 1
+            pending.append(i)
+            continue
+        last, pending = i, []
     return keep, {"fix_rejected_outlier": outliers, "fix_rejected_speed": int(n - keep.sum()) - outliers,
-                  "track_restarts": restarts}
+                  "track_restarts": restarts}, starts
+
+
+def _consistent_run(pending: list[int], end: int, t: np.ndarray, x: np.ndarray, y: np.ndarray, gate: MotionGate,
+                    slack: np.ndarray) -> list[int]:
+    """The rejected fixes just before a restart at `end` that the vehicle can have driven through on its way to
+    `end` (walking back from it): after a real jump (a ferry, a teleported robot) they are the new track's start."""
+    segment, current = [], end
+    for j in reversed(pending):
+        reachable = gate.max_speed_mps * (t[current] - t[j]) + gate.noise_m + slack[j] + slack[current]
+        if math.hypot(x[current] - x[j], y[current] - y[j]) <= reachable:
+            segment.append(j)
+            current = j
+    return segment
 
 
 def track_from_fixes(fixes: Iterable[GpsFix], max_horizontal_std_m: float, heading_baseline_m: float,
@@ -184,7 +205,7 @@ def track_from_fixes(fixes: Iterable[GpsFix], max_horizontal_std_m: float, headi
     std = np.array([f.horizontal_std_m for f in kept])[order]
     gate = gate or MotionGate()
     gate.validate()
-    passed, gate_counts = gate_motion(stamps, *_local_metres(lat, lon), gate, std)
+    passed, gate_counts, starts = gate_motion(stamps, *_local_metres(lat, lon), gate, std)
     counts.update(gate_counts)
     if not passed.all():
         log.warning("rejected %d GPS fix(es) the vehicle cannot have reached (%d outliers, %d too fast)",
@@ -202,7 +223,8 @@ def track_from_fixes(fixes: Iterable[GpsFix], max_horizontal_std_m: float, headi
                     crossed, first_zone, letters[0])
     easting, northing, _, _ = latlon_to_utm(lat, lon, force_zone=first_zone)
     heading = track_headings(easting, northing, heading_baseline_m)
-    return Track(stamps, easting, northing, heading, first_zone, str(letters[0]), "track", counts, crossed)
+    return Track(stamps, easting, northing, heading, first_zone, str(letters[0]), "track", counts, crossed,
+                 starts[passed])
 
 
 def track_from_odometry(poses: Iterable[OdomPose], utm_zone: str, max_horizontal_std_m: float,
@@ -268,7 +290,8 @@ def _fill_nearest(values: np.ndarray) -> np.ndarray:
 
 
 def position_frames(track: Track, stamps_ns: np.ndarray, max_fix_gap_s: float) -> FramePositions:
-    """Interpolate the track to frame stamps; a frame needs a fix within `max_fix_gap_s` on each side of it."""
+    """Interpolate the track to frame stamps; a frame needs a fix within `max_fix_gap_s` on each side of it, and
+    none between two fixes on either side of a jump (where the vehicle was in between is unknown)."""
     stamps_ns = np.asarray(stamps_ns, dtype=np.int64)
     t = track.stamp_ns
     n = stamps_ns.size
@@ -283,6 +306,8 @@ def position_frames(track: Track, stamps_ns: np.ndarray, max_fix_gap_s: float) -
     gap = np.maximum(stamps_ns - t[lo], t[hi_c] - stamps_ns)
     reason[outside] = OUTSIDE_TRACK
     reason[~outside & ~exact & (gap > max_gap)] = FIX_GAP
+    if track.segment_start is not None:
+        reason[~outside & ~exact & (reason == "") & track.segment_start[hi_c]] = TRACK_JUMP
     span = (t[hi_c] - t[lo]).astype(np.float64)
     w = np.where(span > 0, (stamps_ns - t[lo]) / np.where(span > 0, span, 1.0), 0.0)
     w = np.clip(w, 0.0, 1.0)
