@@ -35,3 +35,6 @@ def test_small_demo_trained_model_beats_baselines(tmp_path: Path) -> None:
     assert set(runs) == {f"{d}/{k}" for d in ("query", "kidnapped", "off map") for k in ("single_frame", "sequence")}
     assert all("calibration" in m for m in runs.values())
     assert "query/sequence" in report["localization"]["table"] and "error_vs_sigma.png" in report["figures"]
+    sweep = report["localization"]["kidnap_sweep"]
+    assert [d["kidnap_at_m"] for d in sweep["drives"]] == [100, 200]  # the small route: 300 m, two more jumps
+    assert sweep["with_fix_beyond_radius"] <= sweep["with_jump"] <= 2 and "kidnap sweep" in sweep["text"]

@@ -230,7 +230,7 @@ def test_driving_past_the_end_of_the_map_leaves_it(straight: Map) -> None:
     results = run(straight, loc, path_xy, path_yaw, odometry=wheel())
     err, _ = fixes(results)
     mapped = path_xy[:, 0] <= 600.0
-    assert np.isfinite(err[mapped]).sum() >= 0.8 * mapped.sum()
+    assert np.isfinite(err[mapped]).sum() >= 0.7 * mapped.sum()
     assert not np.isfinite(err[path_xy[:, 0] > 600.0 + 25.0]).any()
     assert results[-1][0].state == LOST and loc.lost > 0.9  # no position left on the map: it drove off it
 
@@ -275,22 +275,26 @@ def test_relocalize_forgets_the_belief(straight: Map) -> None:
     assert loc.status()["sequence_resets"] == 1
 
 
-def test_odometry_carries_the_fix_through_frames_without_a_match_without_rounding_to_places(straight: Map) -> None:
-    """Steps of 2.9 m on 2 m places: the sub-place offsets keep the dead-reckoned fix on the truth; the fixes stop
-    once the odometry noise has spread the belief (no fix from dead reckoning alone for ever)."""
+def test_odometry_carries_the_belief_between_places_without_rounding_and_gives_no_fix_alone(straight: Map) -> None:
+    """Steps of 2.9 m on 2 m places, then 20 frames whose retrieval gave nothing: the sub-place offsets keep the
+    dead-reckoned belief on the truth, but no fix is published from motion alone (the localization stack fuses
+    the odometry itself; a fix needs fresh visual evidence)."""
     loc = straight.localizer()
     rng = np.random.default_rng(1)
-    errors = []
-    for k in range(60):
+    errors, fixed = [], []
+    for k in range(35):
         x = 20.0 + 2.9 * k
         stamp = int(k * 0.5 * NS)
         loc.add_odometry(stamp, 2.9 * k, 0.0, 0.0)
         if k < 15:
             d = straight.frame(loc, stamp, straight.world.describe(np.array([x, 0.0]), np.array([0.0]), 0.3, rng)[0])
-        else:  # retrieval gave nothing: no measurement, motion only
+        else:
             d = loc.update(stamp, np.array([], dtype=np.int64), np.array([]), 0.0)
-        errors.append(math.hypot(d.fix.easting - x, d.fix.northing) if d.fix else math.nan)
-    errors = np.array(errors)
-    assert np.isfinite(errors[10:35]).all() and np.nanmax(errors[10:35]) < 0.5
-    assert not np.isfinite(errors[50:]).any()
-    assert float(np.abs(loc.offset).max()) <= loc.spacing_m
+        where = loc.belief + loc.unmatched
+        near = np.hypot(*(loc.xy - loc.xy[np.argmax(where)]).T) < 20.0  # the concentrated part, as a fix takes it
+        mean = (where[near, None] * (loc.xy + loc.offset)[near]).sum(axis=0) / where[near].sum()
+        errors.append(math.hypot(mean[0] - x, mean[1]))
+        fixed.append(d.fix is not None)
+    assert max(errors[10:]) < 0.5
+    assert all(fixed[10:15]) and not any(fixed[17:])
+    assert float(np.linalg.norm(loc.offset, axis=1).max()) <= loc.spacing_m + 1e-9

@@ -36,6 +36,8 @@ from training.demo_localization import (
     FIGURE,
     ODOMETRY_TOPIC,
     compare_localizers,
+    kidnap_sweep,
+    kidnap_sweep_text,
     error_vs_sigma_figure,
     localization_table,
     special_drives,
@@ -76,6 +78,7 @@ class DemoConfig:
     query_condition: str = "dusk"
     query_lane_offset_m: float = -1.75  # the other lane (the mapping drive keeps +1.75 m)
     query_fps: float = 2.0
+    kidnap_sweep: int = 10  # more kidnapped drives, the jump spread evenly over the route (0: none)
     iterations: int = 400  # training iterations in total
     epochs: int = 4
     batch_size: int = 16
@@ -109,7 +112,7 @@ def small_preset() -> dict[str, Any]:
     """The test's smaller pipeline: a 3x3-block town, short drives, fewer iterations."""
     return {"blocks": 3, "width": 192, "height": 144, "image_size": 128, "train_conditions": ["day", "dusk", "night"],
             "train_length_m": 1500.0, "route_length_m": 300.0, "iterations": 120, "epochs": 2, "batch_size": 16,
-            "check_offline": True}
+            "check_offline": True, "kidnap_sweep": 2}
 
 
 class Steps:
@@ -157,7 +160,8 @@ def make_drives(cfg: DemoConfig, out: Path) -> dict[str, Any]:
                         lane_offset_m=cfg.query_lane_offset_m, length_m=cfg.route_length_m, fps=cfg.query_fps,
                         drive_seed=2, start_time_s=1_700_003_600.0)
     query = _drive(cfg, cfg.reuse, **query_fields, out=str(out / "bags" / f"query_{cfg.query_condition}"))
-    special = special_drives(lambda **f: _drive(cfg, cfg.reuse, **f), out, query_fields, cfg.route_length_m)
+    special = special_drives(lambda **f: _drive(cfg, cfg.reuse, **f), out, query_fields, cfg.route_length_m,
+                             cfg.kidnap_sweep)
     return {"train_dirs": train_dirs, "mapping_bag": mapping, "query_bag": query, **special}
 
 
@@ -287,6 +291,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     drive_bags = {"query": query, "kidnapped": drives["kidnap_bag"], "off map": drives["off_map_bag"]}
     localization = compare_localizers(_replay_cfg(cfg, query, map_trained, trained, "offline", "", replays),
                                       drive_bags, replays / "localizers", steps.run)
+    sweep = kidnap_sweep(_replay_cfg(cfg, query, map_trained, trained, "offline", "", replays),
+                         drives["kidnap_sweep_bags"], replays / "kidnap_sweep", steps.run, cfg.radius_m)
     reports["trained"] = steps.run("replay trained (node)", lambda: run_replay(
         _replay_cfg(cfg, query, map_trained, trained, "node", "trained", replays / "trained_node")))
     order = ["trained", "trained (offline)", "untrained", "raw pixels"]
@@ -308,7 +314,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                    "map": str(map_trained), "untrained_map": str(map_untrained), "raw_pixels_map": str(map_raw)},
         "timings_s": {**steps.seconds, "total": round(time.perf_counter() - t0, 2)},
         "localization": {"table": localization_table(localization),
-                         "runs": {name: r["metrics"] for name, r in localization.items()}},
+                         "runs": {name: r["metrics"] for name, r in localization.items()},
+                         "kidnap_sweep": {**sweep, "text": kidnap_sweep_text(sweep)}},
         "figures": ["recall.png", error_vs_sigma_figure(localization, "query", out / FIGURE, cfg.radius_m),
                     *[f"replay/trained_node/{f}" for f in reports["trained"].get("figures", [])]],
         "config": to_dict(cfg),
@@ -339,6 +346,8 @@ def run(args: argparse.Namespace) -> int:
     print(report["table"])
     print("\nlocalization (offline replays, trained model): single_frame vs sequence\n")
     print(report["localization"]["table"])
+    print()
+    print(report["localization"]["kidnap_sweep"]["text"])
     v = report["verdict"]
     print(f"\ntrained model beats both baselines on Recall@1: {'yes' if v['trained_beats_baselines'] else 'NO'} "
           f"(margins: {', '.join(f'{k} {100 * m:+.1f} pts' for k, m in v['margins'].items())})")

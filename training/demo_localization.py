@@ -4,7 +4,9 @@ Each drive is replayed offline with the trained model and map, once per localize
 drive's drifting wheel odometry), and the goals of issue 11 are set side by side: availability, precision within
 the radius, the largest error of any fix, covariance coverage (inside the 1-sigma and 95 % ellipses, median
 normalised error), distance to the first fix, the kidnap's recovery and fixes published off the map; plus the
-error-against-reported-sigma figure of the query drive.
+error-against-reported-sigma figure of the query drive. One kidnapped drive says little about kidnaps (whether the
+first frame after the jump is caught depends on where it happens), so the kidnap sweep replays more kidnapped
+drives, the jump spread over the route, and counts those with any fix beyond the radius after the jump.
 """
 from __future__ import annotations
 
@@ -25,21 +27,27 @@ ODOMETRY_TOPIC = SynthConfig.odometry_topic
 FIGURE = "error_vs_sigma.png"
 
 
-def special_drives(drive: Callable[..., str], out: Path, query_fields: dict[str, Any], length_m: float) -> dict[str, str]:
-    """The kidnapped drive (teleported after 3/7 of the route) and the off-map drive (leaves it there)."""
+def special_drives(drive: Callable[..., str], out: Path, query_fields: dict[str, Any], length_m: float,
+                   sweep: int = 0) -> dict[str, Any]:
+    """The kidnapped drive (teleported after 3/7 of the route), the off-map drive (leaves it there) and `sweep`
+    more kidnapped drives with the jump spread evenly over the route ("kidnap_sweep_bags": {jump m: bag})."""
     at = round(length_m * 3 / 7)
+    jumps = [round(length_m * (k + 1) / (sweep + 1)) for k in range(sweep)]
     return {
         "kidnap_bag": drive(**query_fields, kidnap_at_m=at, out=str(out / "bags" / "query_kidnapped")),
         "off_map_bag": drive(**query_fields, off_map_after_m=at, out=str(out / "bags" / "query_off_map")),
+        "kidnap_sweep_bags": {m: drive(**query_fields, kidnap_at_m=m, out=str(out / "bags" / f"query_kidnapped_{m}m"))
+                              for m in jumps},
     }
 
 
 def compare_localizers(base: ReplayConfig, bags: dict[str, str], out: Path,
-                       run: Callable[[str, Callable[[], dict]], dict]) -> dict[str, dict]:
-    """Offline replays of every drive with both localizers: {"drive/localizer": report}."""
+                       run: Callable[[str, Callable[[], dict]], dict],
+                       localizers: tuple[str, ...] = LOCALIZERS) -> dict[str, dict]:
+    """Offline replays of every drive with each localizer: {"drive/localizer": report}."""
     reports = {}
     for drive, bag in bags.items():
-        for localizer in LOCALIZERS:
+        for localizer in localizers:
             name = f"{drive}/{localizer}"
             cfg = dataclasses.replace(base, bag=bag, localizer=localizer, name=name, mode="offline",
                                       odometry_topic=ODOMETRY_TOPIC if localizer == "sequence" else "",
@@ -76,6 +84,37 @@ def localization_table(reports: dict[str, dict]) -> str:
     lines.append("goals (query drive): avail >= 80 %, prec >= 99.5 % within the radius, max err <= 25 m, in 95 % "
                  "ellipse 90..98 %, median normalised error 0.8..1.5 (ideal: 39.3 % in 1σ, 95 %, 1.18); kidnap: max "
                  "err after <= 25 m, recovered within 60 m; off-map drive: 0 fixes off the map.")
+    return "\n".join(lines)
+
+
+def kidnap_sweep(base: ReplayConfig, bags: dict[int, str], out: Path,
+                 run: Callable[[str, Callable[[], dict]], dict], radius_m: float) -> dict[str, Any]:
+    """The sequence localizer on every kidnapped drive of the sweep: per drive its jump frame, the largest error of
+    a fix after it and the distance to recover; and how many drives got a fix more than `radius_m` off after it."""
+    reports = compare_localizers(base, {f"kidnapped at {m} m": bag for m, bag in bags.items()}, out, run,
+                                 ("sequence",))
+    drives = []
+    for (m, _), report in zip(bags.items(), reports.values()):
+        kidnap = report["metrics"]["calibration"].get("kidnap") or {}
+        drives.append({"kidnap_at_m": m, "jump_frame": kidnap.get("frame"),
+                       "max_error_after_m": kidnap.get("max_error_after_m"),
+                       "recovered_after_m": kidnap.get("recovered_after_m"),
+                       "availability": report["metrics"]["fix"]["availability"]})
+    jumped = [d for d in drives if d["jump_frame"] is not None]
+    failed = [d for d in jumped if (d["max_error_after_m"] or 0.0) > radius_m]
+    return {"drives": drives, "with_jump": len(jumped), "with_fix_beyond_radius": len(failed), "radius_m": radius_m}
+
+
+def kidnap_sweep_text(sweep: dict[str, Any]) -> str:
+    """One line per kidnapped drive and the count of drives with a fix beyond the radius after the jump."""
+    lines = ["kidnap sweep (sequence): jump at m, largest error of a fix after it m, recovered after m"]
+    for d in sweep["drives"]:
+        jump = "no jump in the ground truth (the teleport lands near the old position)" \
+            if d["jump_frame"] is None else f"{_num(d['max_error_after_m'])} m, recovered after " \
+            f"{_num(d['recovered_after_m'], 0)} m"
+        lines.append(f"  {d['kidnap_at_m']:>5} m: {jump}")
+    lines.append(f"{sweep['with_fix_beyond_radius']} of {sweep['with_jump']} kidnapped drives got a fix more than "
+                 f"{sweep['radius_m']:g} m off after the jump (goal: 0)")
     return "\n".join(lines)
 
 
