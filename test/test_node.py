@@ -490,7 +490,8 @@ def test_sequence_mode_tracks_the_traversal_with_odometry_and_counts_bad_odometr
     assert diag["odometry_rejected_jump"] == "1", diag
     assert int(diag["odometry_received"]) == 2 * len(indices) + 3
     assert int(diag["sequence_frames_without_odometry"]) == 0
-    assert len(poses) >= len(indices) / 3, f"only {len(poses)} fixes of {len(indices)} frames:\n{diag}"
+    # A fix needs fresh visual support (agreement_evidence): about 30 % of these frames give one.
+    assert len(poses) >= len(indices) / 4, f"only {len(poses)} fixes of {len(indices)} frames:\n{diag}"
     for k, pose in poses.items():
         truth = EASTING0 + indices[k]
         position = pose.pose.pose.position
