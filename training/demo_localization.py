@@ -88,9 +88,11 @@ def localization_table(reports: dict[str, dict]) -> str:
 
 
 def kidnap_sweep(base: ReplayConfig, bags: dict[int, str], out: Path,
-                 run: Callable[[str, Callable[[], dict]], dict], radius_m: float) -> dict[str, Any]:
+                 run: Callable[[str, Callable[[], dict]], dict], radius_m: float,
+                 recover_m: float = 60.0) -> dict[str, Any]:
     """The sequence localizer on every kidnapped drive of the sweep: per drive its jump frame, the largest error of
-    a fix after it and the distance to recover; and how many drives got a fix more than `radius_m` off after it."""
+    a fix after it and the distance to recover; how many drives got a fix more than `radius_m` off after the jump,
+    and how many re-converged (a fix within the radius) within `recover_m` of driving."""
     reports = compare_localizers(base, {f"kidnapped at {m} m": bag for m, bag in bags.items()}, out, run,
                                  ("sequence",))
     drives = []
@@ -102,19 +104,26 @@ def kidnap_sweep(base: ReplayConfig, bags: dict[int, str], out: Path,
                        "availability": report["metrics"]["fix"]["availability"]})
     jumped = [d for d in drives if d["jump_frame"] is not None]
     failed = [d for d in jumped if (d["max_error_after_m"] or 0.0) > radius_m]
-    return {"drives": drives, "with_jump": len(jumped), "with_fix_beyond_radius": len(failed), "radius_m": radius_m}
+    recovered = [d for d in jumped if d["recovered_after_m"] is not None and d["recovered_after_m"] <= recover_m]
+    return {"drives": drives, "with_jump": len(jumped), "with_fix_beyond_radius": len(failed),
+            "recovered_within": len(recovered), "radius_m": radius_m, "recover_m": recover_m}
 
 
 def kidnap_sweep_text(sweep: dict[str, Any]) -> str:
-    """One line per kidnapped drive and the count of drives with a fix beyond the radius after the jump."""
-    lines = ["kidnap sweep (sequence): jump at m, largest error of a fix after it m, recovered after m"]
+    """One line per kidnapped drive and the counts of drives with a fix beyond the radius and of recoveries."""
+    lines = ["kidnap sweep (sequence localizer, trained model): where the car was teleported, then what followed"]
     for d in sweep["drives"]:
-        jump = "no jump in the ground truth (the teleport lands near the old position)" \
-            if d["jump_frame"] is None else f"{_num(d['max_error_after_m'])} m, recovered after " \
-            f"{_num(d['recovered_after_m'], 0)} m"
-        lines.append(f"  {d['kidnap_at_m']:>5} m: {jump}")
+        if d["jump_frame"] is None:
+            what = "no jump in the ground truth (the car reappears near where it was)"
+        elif d["max_error_after_m"] is None:
+            what = "no fix after the jump"
+        else:
+            what = f"largest error of a fix after the jump {_num(d['max_error_after_m'])} m, re-converged after " \
+                   f"{_num(d['recovered_after_m'], 0)} m"
+        lines.append(f"  at {d['kidnap_at_m']:>4} m: {what}")
     lines.append(f"{sweep['with_fix_beyond_radius']} of {sweep['with_jump']} kidnapped drives got a fix more than "
-                 f"{sweep['radius_m']:g} m off after the jump (goal: 0)")
+                 f"{sweep['radius_m']:g} m off after the jump (goal: 0); {sweep['recovered_within']} re-converged "
+                 f"within {sweep['recover_m']:g} m")
     return "\n".join(lines)
 
 
