@@ -28,10 +28,29 @@ def generated_images(count: int, seed: int = 0) -> list[np.ndarray]:
     return images
 
 
+def line_metadata(place_id: np.ndarray, easting: np.ndarray, northing: float, source: str):
+    """PlaceMetadata of places along one east-west street in UTM 32U, heading east, one second apart."""
+    from dsformer_ros.maps.placemap import PlaceMetadata
+
+    n = len(place_id)
+    return PlaceMetadata(
+        place_id=place_id,
+        easting=np.asarray(easting, dtype=np.float64),
+        northing=np.full(n, northing),
+        zone_number=np.full(n, 32),
+        zone_letter=np.array(["U"] * n),
+        lat=np.full(n, 45.1),
+        lon=np.full(n, 9.0),
+        heading_deg=np.full(n, 90.0),
+        stamp_ns=place_id * 1_000_000_000,
+        source=np.array([source] * n),
+    )
+
+
 def make_checkpoint_and_map(out: Path) -> dict[str, Path]:
     """model.pt and map/ in `out` (6 places 2 m apart along easting); returns their paths."""
     from dsformer_ros.inference.extractor import DescriptorExtractor
-    from dsformer_ros.maps.placemap import PlaceMap, PlaceMetadata
+    from dsformer_ros.maps.placemap import PlaceMap
     from dsformer_ros.model.checkpoint import save_checkpoint
     from dsformer_ros.model.loading import load_model
 
@@ -39,18 +58,7 @@ def make_checkpoint_and_map(out: Path) -> dict[str, Path]:
     sha = save_checkpoint(out / "model.pt", load_model(device="cpu"), {"source": "untrained, test suite"})
     model = load_model(out / "model.pt", device="cpu")
     index = np.arange(PLACES)
-    metadata = PlaceMetadata(
-        place_id=index,
-        easting=500_000.0 + 2.0 * index,
-        northing=np.full(PLACES, 5_000_000.0),
-        zone_number=np.full(PLACES, 32),
-        zone_letter=np.array(["U"] * PLACES),
-        lat=np.full(PLACES, 45.1),
-        lon=np.full(PLACES, 9.0),
-        heading_deg=np.full(PLACES, 90.0),
-        stamp_ns=index * 1_000_000_000,
-        source=np.array(["generated"] * PLACES),
-    )
+    metadata = line_metadata(index, 500_000.0 + 2.0 * index, 5_000_000.0, "generated")
     descriptors = DescriptorExtractor(model).describe(generated_images(PLACES))
     PlaceMap.build(
         descriptors, metadata, model_variant=model.config.variant, checkpoint_sha256=sha, preprocessing={},

@@ -95,6 +95,8 @@ def test_a_real_jump_keeps_the_new_track_and_no_frame_is_placed_between_the_two(
     assert pos.reason[0] == TRACK_JUMP  # between the last fix before the jump and the first after it
     assert pos.reason[1] == "" and pos.reason[2] == ""
     assert abs(pos.easting[2] - np.interp(4.0, t, ge)) < 0.01  # on the new track
+    turn = np.abs((track.heading_deg + 180.0) % 360.0 - 180.0)
+    assert turn.max() < 5.0  # the drive heads north on both sides; the jump east is no direction of travel
 
 
 @FUZZ

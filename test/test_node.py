@@ -30,6 +30,7 @@ from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from node_assets import line_metadata  # noqa: E402
 from ros_client import RosClient  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
@@ -37,7 +38,7 @@ from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from dsformer_ros.inference.extractor import DescriptorExtractor  # noqa: E402
 from dsformer_ros.inference.preprocess import read_image  # noqa: E402
-from dsformer_ros.maps.placemap import PlaceMap, PlaceMetadata  # noqa: E402
+from dsformer_ros.maps.placemap import PlaceMap  # noqa: E402
 from dsformer_ros.model.checkpoint import save_checkpoint  # noqa: E402
 from dsformer_ros.model.loading import load_model  # noqa: E402
 from dsformer_ros.ros.messages import read_candidates_cloud  # noqa: E402
@@ -162,19 +163,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory, traversals: Path, repo_root
     extractor = DescriptorExtractor(model)
     refs = sorted((traversals / "ref").glob("*.jpg"))[::2]
     ref_index = np.array([int(p.stem) for p in refs])
-    n = len(refs)
-    metadata = PlaceMetadata(
-        place_id=ref_index,
-        easting=EASTING0 + ref_index.astype(np.float64),
-        northing=np.full(n, NORTHING0),
-        zone_number=np.full(n, 32),
-        zone_letter=np.array(["U"] * n),
-        lat=np.full(n, 45.1),
-        lon=np.full(n, 9.0),
-        heading_deg=np.full(n, 90.0),
-        stamp_ns=ref_index * 1_000_000_000,
-        source=np.array(["traversals/ref"] * n),
-    )
+    metadata = line_metadata(ref_index, EASTING0 + ref_index.astype(np.float64), NORTHING0, "traversals/ref")
     place_map = PlaceMap.build(
         extractor.describe_paths(refs),
         metadata,
@@ -199,7 +188,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory, traversals: Path, repo_root
         # half of the queries fall below the threshold, so both outcomes are seen
         "score_threshold": float(np.median(best)),
         "truth": truth,
-        "n_places": n,
+        "n_places": len(refs),
         "repo_root": repo_root,
         "traversals": traversals,
     }

@@ -222,9 +222,11 @@ def track_from_fixes(fixes: Iterable[GpsFix], max_horizontal_std_m: float, headi
         log.warning("the GPS track crosses into UTM zone(s) %s; all positions are projected into zone %d%s",
                     crossed, first_zone, letters[0])
     easting, northing, _, _ = latlon_to_utm(lat, lon, force_zone=first_zone)
-    heading = track_headings(easting, northing, heading_baseline_m)
-    return Track(stamps, easting, northing, heading, first_zone, str(letters[0]), "track", counts, crossed,
-                 starts[passed])
+    starts = starts[passed]
+    bounds = np.concatenate([[0], np.flatnonzero(starts[1:]) + 1, [starts.size]])
+    heading = np.concatenate([track_headings(easting[a:b], northing[a:b], heading_baseline_m)
+                              for a, b in zip(bounds[:-1], bounds[1:])])  # never across a jump
+    return Track(stamps, easting, northing, heading, first_zone, str(letters[0]), "track", counts, crossed, starts)
 
 
 def track_from_odometry(poses: Iterable[OdomPose], utm_zone: str, max_horizontal_std_m: float,
