@@ -3,6 +3,7 @@ baselines on real imagery (corridor, Gardens Point), report, figures, cache."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from dsformer_ros.maps.placemap import PlaceMap
 from training.cli import main as cli_main
 from training.eval.datasets import (
     DatasetConfig,
@@ -269,14 +271,21 @@ def test_bad_configuration_is_named(tmp_path: Path) -> None:
         read_index_folders(tmp_path / "nowhere")
 
 
-def test_sequence_localizer_on_the_ordered_corridor(corridor: Path, tmp_path: Path) -> None:
-    """--localizer sequence: the corridor queries in order through the sequence filter beat each query alone."""
+def test_sequence_localizer_on_the_ordered_corridor(corridor: Path, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """--localizer sequence: the corridor queries in order through the sequence filter beat each query alone; the
+    cached database map stores its measurement model (no "built before sequence localization" warning)."""
     from dsformer_ros.localization.sequence import SequenceConfig
 
     cfg = EvalConfig(dataset=DatasetConfig(format="folders", root=str(corridor)), method="raw_pixels", device="cpu",
-                     out=str(tmp_path / "seq"), use_cache=False, figures=False, localizer="sequence",
+                     out=str(tmp_path / "seq"), figures=False, localizer="sequence",
                      sequence=SequenceConfig(max_step_m=2.0))
-    result = evaluate(cfg)["methods"]["raw_pixels"]
+    with caplog.at_level(logging.WARNING):
+        report = evaluate(cfg)
+    result = report["methods"]["raw_pixels"]
+    assert "no similarity section" not in caplog.text
+    cached = PlaceMap.load(Path(result["database_cache_path"]))
+    assert cached.manifest.similarity, "the cached database map lacks its similarity model"
     sequence = result["sequence"]
     assert sorted(sequence["recall"]) == sorted(result["recall"])
     assert len(sequence["correct_at_1"]) == len(sequence["top_1"]) == 111

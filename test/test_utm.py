@@ -29,10 +29,10 @@ def test_vectorised_matches_scalar() -> None:
     lons = np.array([p[0][1] for p in KNOWN])
     easting, northing, zones, letters = latlon_to_utm(lats, lons)
     assert easting.shape == northing.shape == zones.shape == letters.shape == (len(KNOWN),)
-    for i, (_, (e, n, z, l)) in enumerate(KNOWN):
+    for i, (_, (e, n, z, band)) in enumerate(KNOWN):
         assert easting[i] == pytest.approx(e, abs=0.01)
         assert northing[i] == pytest.approx(n, abs=0.01)
-        assert zones[i] == z and letters[i] == l
+        assert zones[i] == z and letters[i] == band
 
 
 def test_norway_exception() -> None:

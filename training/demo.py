@@ -79,8 +79,10 @@ class DemoConfig:
     query_lane_offset_m: float = -1.75  # the other lane (the mapping drive keeps +1.75 m)
     query_fps: float = 2.0
     kidnap_sweep: int = 10  # more kidnapped drives, the jump spread evenly over the route (0: none)
-    iterations: int = 400  # training iterations in total
-    epochs: int = 4
+    # Training iterations in total: at 400 the loss was still falling fast (epoch means 17.8, 13.6, 11.2, 9.4) and
+    # Recall@1 on the dusk query drive was 62 %; 800 give 79 %, 1200 no more (78 %), measured on this demo.
+    iterations: int = 800
+    epochs: int = 8
     batch_size: int = 16
     # Training data for a forward-looking camera on streets: EigenPlaces' grid with one spatial group, trained on
     # its frontal view (group 1) only: lateral classes have no frames facing their focal point.

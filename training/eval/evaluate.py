@@ -31,6 +31,7 @@ from dsformer_ros.localization.sequence import SequenceConfig
 from dsformer_ros.maps.map_index import IndexConfig, apply_search_params, serialized_nbytes
 from dsformer_ros.maps.method_map import build_method_map
 from dsformer_ros.maps.placemap import MapError, PlaceMap, PlaceMetadata
+from dsformer_ros.maps.similarity import attach_similarity
 from dsformer_ros.model.loading import load_model
 from training.eval import plots
 from training.eval.baselines import BackboneGeM, BackboneGeMConfig
@@ -185,6 +186,7 @@ def database_map(
         else:
             if place_map.manifest.build.get("cache_key") == key:
                 apply_search_params(place_map.index, cfg.index)
+                _fit_similarity_for_sequence(place_map, cfg)
                 log.info("%s: database map cache hit (%s)", method.name, path)
                 return place_map, "hit", None, path
             log.warning("cached database map %s has another cache key; rebuilding it", path)
@@ -198,11 +200,18 @@ def database_map(
         {"tool": "dsformer-vpr eval", "dataset": dataset.name, "cache_key": key},
         index=cfg.index,
     )
+    _fit_similarity_for_sequence(place_map, cfg)
     if path is None:
         return place_map, "disabled", ms_per_image, None
     place_map.save(path)
     log.info("%s: database map cache miss; built and saved %s", method.name, path)
     return place_map, "miss", ms_per_image, path
+
+
+def _fit_similarity_for_sequence(place_map: PlaceMap, cfg: EvalConfig) -> None:
+    """`--localizer sequence` needs the map's measurement model: fit it into the manifest (stored with the cache)."""
+    if cfg.localizer == "sequence" and not place_map.manifest.similarity:
+        attach_similarity(place_map)
 
 
 def map_memory_bytes(place_map: PlaceMap) -> dict[str, int]:
