@@ -249,7 +249,8 @@ def drive_yaw(xy: np.ndarray, stamp_ns: np.ndarray, stored_yaw: np.ndarray, base
     along the drive to the first place at least `baseline_m / 2` away in a straight line on each side (the path
     length of noisy positions zig-zags: with 1.5 m GPS noise on 1.7 m keyframes it reads 1.7x long, and a window cut
     by it spanned only 3-7 m), and the yaw is the direction of the least-squares line through its places against
-    their order, good to a few degrees over 16 m. A place alone in its drive keeps its stored yaw.
+    their order, good to a few degrees over 16 m (near a drive's end, the other side makes up the 16 m). A place
+    alone in its drive keeps its stored yaw.
     """
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     out = np.asarray(stored_yaw, dtype=np.float64).copy()
@@ -261,25 +262,34 @@ def drive_yaw(xy: np.ndarray, stamp_ns: np.ndarray, stored_yaw: np.ndarray, base
         if part.size < 2:
             continue
         q = p[part]
-        lo, hi = _window_ends(q, baseline_m / 2.0)
+        half = np.full(part.size, baseline_m / 2.0)
+        lo, hi = _window_ends(q, np.arange(part.size), half, half)
+        # Near a drive's end one side is short: the other side makes up the baseline.
+        back, ahead = np.hypot(*(q[lo] - q).T), np.hypot(*(q[hi] - q).T)
+        short = np.flatnonzero((back < half) | (ahead < half))
+        lo[short], hi[short] = _window_ends(q, short, np.maximum(half[short], baseline_m - ahead[short]),
+                                            np.maximum(half[short], baseline_m - back[short]))
         direction = _window_direction(q, lo, hi)
         ok = np.hypot(direction[:, 0], direction[:, 1]) > 0
         out[order[part[ok]]] = np.arctan2(direction[ok, 1], direction[ok, 0])
     return out
 
 
-def _window_ends(q: np.ndarray, reach_m: float, max_places: int = 64, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Per place of one drive (M, 2): the first place before and after it at least `reach_m` away in a straight
-    line (searched up to `max_places` along the drive; the drive's ends, or the farthest searched, otherwise)."""
+def _window_ends(q: np.ndarray, rows: np.ndarray, back_m: np.ndarray, ahead_m: np.ndarray, max_places: int = 64,
+                 chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """For the places `rows` of one drive (M, 2): the first place before each at least `back_m` away in a straight
+    line and the first after it at least `ahead_m` away (searched up to `max_places` along the drive; the drive's
+    ends, or the farthest searched, otherwise)."""
     m = q.shape[0]
     steps = np.arange(1, min(max_places, m - 1) + 1)
-    ends = (np.empty(m, dtype=np.int64), np.empty(m, dtype=np.int64))
-    for begin in range(0, m, chunk):
-        k = np.arange(begin, min(begin + chunk, m))
-        for end, sign in zip(ends, (-1, 1)):
+    ends = (np.empty(rows.size, dtype=np.int64), np.empty(rows.size, dtype=np.int64))
+    for begin in range(0, rows.size, chunk):
+        part = slice(begin, begin + chunk)
+        k = rows[part]
+        for end, sign, reach in zip(ends, (-1, 1), (back_m, ahead_m)):
             idx = np.clip(k[:, None] + sign * steps[None, :], 0, m - 1)
-            far = np.hypot(*(q[idx] - q[k, None, :]).transpose(2, 0, 1)) >= reach_m
-            end[k] = idx[np.arange(k.size), np.where(far.any(axis=1), far.argmax(axis=1), steps.size - 1)]
+            far = np.hypot(*(q[idx] - q[k, None, :]).transpose(2, 0, 1)) >= reach[part, None]
+            end[part] = idx[np.arange(k.size), np.where(far.any(axis=1), far.argmax(axis=1), steps.size - 1)]
     return ends
 
 
