@@ -307,6 +307,37 @@ def test_at_folder(images, tmp_path, _config) -> None:
     assert md.stamp_ns.tolist() == [k * NS for k in range(4)]
 
 
+def test_short_side_resize_is_recorded_and_used_by_the_localizer(images, tmp_path, _config, checkpoint) -> None:
+    """A 16:9 camera: resize=short_side keeps the aspect (96x171 into the model, not 96x128), the manifest records it
+    and the localizer describes its frames the same way (each map frame finds its own place with score 1)."""
+    from dsformer_ros.common.config import ConfigError
+    from dsformer_ros.localization.localizer import Localizer, LocalizerConfig
+
+    folder = tmp_path / "db"
+    folder.mkdir()
+    wide = []
+    for k in range(4):
+        lat, lon = utm_to_latlon(E0 + 5 * k, N0, 32, "U")
+        path = folder / format_at_name(AtName(E0 + 5 * k, N0, 32, "U", float(lat), float(lon), heading_deg=90.0,
+                                              timestamp=str(k * NS)))
+        cv2.imwrite(str(path), cv2.cvtColor(images[2 * k][15:105], cv2.COLOR_RGB2BGR))  # 90 x 160
+        wide.append(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB))
+    build_map(_config(folder, tmp_path / "square"))
+    build_map(_config(folder, tmp_path / "short", resize="short_side"))
+    square, short = PlaceMap.load(tmp_path / "square"), PlaceMap.load(tmp_path / "short")
+    assert square.manifest.preprocessing["resize"] == "square"
+    assert short.manifest.preprocessing["resize"] == "short_side" and short.manifest.preprocessing["short_side"] == 96
+    assert np.abs(np.asarray(short.descriptors) - np.asarray(square.descriptors)).max() > 1e-3
+    localizer = Localizer.load(LocalizerConfig(checkpoint=str(checkpoint), map_path=str(tmp_path / "short"),
+                                               device="cpu", warmup_iterations=0, mode="single_frame"))
+    assert localizer.method.preprocess_config.output_size(90, 160) == (96, 171)
+    result = short.search(localizer.method.describe(wide), k=1)
+    assert result.place_ids[:, 0].tolist() == short.metadata.place_id.tolist()
+    np.testing.assert_allclose(result.scores[:, 0], 1.0, atol=1e-4)
+    with pytest.raises(ConfigError, match="resize: short_side needs method dsformer on the torch backend"):
+        _config(folder, tmp_path / "x", resize="short_side", backend="onnxruntime").validate()
+
+
 def test_missing_topics_and_no_gps(images, mcap_raw, tmp_path, _config) -> None:
     with pytest.raises(TopicNotFoundError, match=r"image topic '/nope' is not in .*/camera/image_raw"):
         build_map(_config(mcap_raw[0], tmp_path / "a", image_topic="/nope"))

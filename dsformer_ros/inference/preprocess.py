@@ -13,6 +13,7 @@ import torch
 from dsformer_ros.common.config import ConfigError
 from dsformer_ros.inference.image_codec import MAX_PIXELS, ImageDecodeError, decode_compressed
 
+RESIZES = ("square", "short_side")  # to the model's training input size; or its short side, the aspect kept
 MAX_SIDE = 8192  # largest model input side: beyond it a (hostile) map or config would allocate gigabytes per frame
 
 
@@ -33,7 +34,7 @@ class PreprocessConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
-        if self.resize not in ("square", "short_side"):
+        if self.resize not in RESIZES:
             raise ConfigError(f"resize: {self.resize!r} is not 'square' or 'short_side'")
         if len(self.size) != 2 or min(self.size) < 1:
             raise ConfigError(f"size: expected (height, width) > 0, got {self.size}")

@@ -35,7 +35,7 @@ from dsformer_ros.inference.extractor import DescriptorExtractor, load_extractor
 from dsformer_ros.inference.image_codec import ImageDecodeError
 from dsformer_ros.inference.methods import DescriptorMethod, RawPixels, RawPixelsConfig
 from dsformer_ros.inference.precision import PRECISIONS
-from dsformer_ros.inference.preprocess import ImageError, read_image
+from dsformer_ros.inference.preprocess import RESIZES, ImageError, read_image
 from dsformer_ros.maps.map_index import IndexConfig
 from dsformer_ros.maps.method_map import build_method_map
 from dsformer_ros.maps.placemap import PlaceMetadata
@@ -91,6 +91,9 @@ class BuildMapConfig:
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     batch_size: int = setting(16, "images per forward pass", low=1)
     precision: str = setting("fp32", "inference precision", choices=PRECISIONS)
+    resize: str = setting("square", "frames to the model: square (its training input size) or short_side (short "
+                          "side to the training input's, the camera's aspect kept; torch backend only); the map "
+                          "records it and the node describes its frames the same way", choices=RESIZES)
     spacing_m: float = setting(2.0, "metres between keyframes", low=0.001)
     heading_change_deg: float = setting(30.0, "a keyframe on heading changes of this many degrees (0: off)",
                                         low=0.0, high=180.0)
@@ -110,6 +113,9 @@ class BuildMapConfig:
         """Raise ConfigError naming the first bad field."""
         check_fields(self)
         check_device_name(self.device)
+        if self.resize != "square" and (self.backend != "torch" or self.method != "dsformer"):
+            raise ConfigError(f"resize: {self.resize} needs method dsformer on the torch backend (an exported model "
+                              "takes one fixed input size)")
         if self.backend != "torch" and not self.checkpoint:
             raise ConfigError(f"checkpoint: backend {self.backend} needs the exported .onnx (dsformer-vpr export)")
         if self.odom_topic and not self.odom_utm_zone:
@@ -134,7 +140,9 @@ def make_method(cfg: BuildMapConfig, device: str) -> DescriptorMethod:
     if cfg.backend != "torch":
         return load_extractor(cfg.backend, cfg.checkpoint, device, cfg.precision, cfg.batch_size)
     model = load_model(cfg.checkpoint or None, variant=cfg.variant, device=device)
-    return DescriptorExtractor(model, batch_size=cfg.batch_size, precision=cfg.precision)
+    extractor = DescriptorExtractor(model, batch_size=cfg.batch_size, precision=cfg.precision)
+    extractor.preprocess_config = dataclasses.replace(extractor.preprocess_config, resize=cfg.resize)
+    return extractor
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -618,7 +626,7 @@ def format_summary(summary: dict) -> str:
 
 
 FLAGS = ("out", "kind", "image_topic", "gps_topic", "odom_topic", "odom_utm_zone", "method", "checkpoint", "variant", "backend",
-         "device", "batch_size", "precision", "spacing_m", "chunk_size", "shard", "index.kind", "work_dir", "restart")
+         "device", "batch_size", "precision", "resize", "spacing_m", "chunk_size", "shard", "index.kind", "work_dir", "restart")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
