@@ -38,3 +38,8 @@ def test_small_demo_trained_model_beats_baselines(tmp_path: Path) -> None:
     sweep = report["localization"]["kidnap_sweep"]
     assert [d["kidnap_at_m"] for d in sweep["drives"]] == [100, 200]  # the small route: 300 m, two more jumps
     assert sweep["with_fix_beyond_radius"] <= sweep["with_jump"] <= 2 and "kidnap sweep" in sweep["text"]
+    leaving = report["localization"]["off_map_sweep"]
+    (drive,) = leaving["drives"]
+    assert drive["off_map_after_m"] == 150 and drive["frames_off_map"] > 0  # the small route leaves at half way
+    assert 0 <= leaving["fixes_off_map"] == drive["fixes_off_map"] <= drive["frames_off_map"]
+    assert leaving["with_fix_off_map"] == int(drive["fixes_off_map"] > 0) and "off-map sweep" in leaving["text"]

@@ -38,6 +38,8 @@ from training.demo_localization import (
     compare_localizers,
     kidnap_sweep,
     kidnap_sweep_text,
+    off_map_sweep,
+    off_map_sweep_text,
     error_vs_sigma_figure,
     localization_table,
     special_drives,
@@ -79,6 +81,7 @@ class DemoConfig:
     query_lane_offset_m: float = -1.75  # the other lane (the mapping drive keeps +1.75 m)
     query_fps: float = 2.0
     kidnap_sweep: int = 10  # more kidnapped drives, the jump spread evenly over the route (0: none)
+    off_map_sweep: int = 5  # more off-map drives, each leaving the route at another point (0: none)
     # Training iterations in total: at 400 the loss was still falling fast (epoch means 17.8, 13.6, 11.2, 9.4) and
     # Recall@1 on the dusk query drive was 62 %; 800 give 79 %, 1200 no more (78 %), measured on this demo.
     iterations: int = 800
@@ -114,7 +117,7 @@ def small_preset() -> dict[str, Any]:
     """The test's smaller pipeline: a 3x3-block town, short drives, fewer iterations."""
     return {"blocks": 3, "width": 192, "height": 144, "image_size": 128, "train_conditions": ["day", "dusk", "night"],
             "train_length_m": 1500.0, "route_length_m": 300.0, "iterations": 120, "epochs": 2, "batch_size": 16,
-            "check_offline": True, "kidnap_sweep": 2}
+            "check_offline": True, "kidnap_sweep": 2, "off_map_sweep": 1}
 
 
 class Steps:
@@ -163,7 +166,7 @@ def make_drives(cfg: DemoConfig, out: Path) -> dict[str, Any]:
                         drive_seed=2, start_time_s=1_700_003_600.0)
     query = _drive(cfg, cfg.reuse, **query_fields, out=str(out / "bags" / f"query_{cfg.query_condition}"))
     special = special_drives(lambda **f: _drive(cfg, cfg.reuse, **f), out, query_fields, cfg.route_length_m,
-                             cfg.kidnap_sweep)
+                             cfg.kidnap_sweep, cfg.off_map_sweep)
     return {"train_dirs": train_dirs, "mapping_bag": mapping, "query_bag": query, **special}
 
 
@@ -295,6 +298,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                                       drive_bags, replays / "localizers", steps.run)
     sweep = kidnap_sweep(_replay_cfg(cfg, query, map_trained, trained, "offline", "", replays),
                          drives["kidnap_sweep_bags"], replays / "kidnap_sweep", steps.run, cfg.radius_m)
+    leaving = off_map_sweep(_replay_cfg(cfg, query, map_trained, trained, "offline", "", replays),
+                            drives["off_map_sweep_bags"], replays / "off_map_sweep", steps.run)
     reports["trained"] = steps.run("replay trained (node)", lambda: run_replay(
         _replay_cfg(cfg, query, map_trained, trained, "node", "trained", replays / "trained_node")))
     order = ["trained", "trained (offline)", "untrained", "raw pixels"]
@@ -317,7 +322,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "timings_s": {**steps.seconds, "total": round(time.perf_counter() - t0, 2)},
         "localization": {"table": localization_table(localization),
                          "runs": {name: r["metrics"] for name, r in localization.items()},
-                         "kidnap_sweep": {**sweep, "text": kidnap_sweep_text(sweep)}},
+                         "kidnap_sweep": {**sweep, "text": kidnap_sweep_text(sweep)},
+                         "off_map_sweep": {**leaving, "text": off_map_sweep_text(leaving)}},
         "figures": ["recall.png", error_vs_sigma_figure(localization, "query", out / FIGURE, cfg.radius_m),
                     *[f"replay/trained_node/{f}" for f in reports["trained"].get("figures", [])]],
         "config": to_dict(cfg),
@@ -350,6 +356,7 @@ def run(args: argparse.Namespace) -> int:
     print(report["localization"]["table"])
     print()
     print(report["localization"]["kidnap_sweep"]["text"])
+    print(report["localization"]["off_map_sweep"]["text"])
     v = report["verdict"]
     print(f"\ntrained model beats both baselines on Recall@1: {'yes' if v['trained_beats_baselines'] else 'NO'} "
           f"(margins: {', '.join(f'{k} {100 * m:+.1f} pts' for k, m in v['margins'].items())})")

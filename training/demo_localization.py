@@ -6,7 +6,9 @@ the radius, the largest error of any fix, covariance coverage (inside the 1-sigm
 normalised error), distance to the first fix, the kidnap's recovery and fixes published off the map; plus the
 error-against-reported-sigma figure of the query drive. One kidnapped drive says little about kidnaps (whether the
 first frame after the jump is caught depends on where it happens), so the kidnap sweep replays more kidnapped
-drives, the jump spread over the route, and counts those with any fix beyond the radius after the jump.
+drives, the jump spread over the route, and counts those with any fix beyond the radius after the jump. The same
+holds for leaving the map (whether an unmapped street happens to look like a mapped one), so the off-map sweep
+replays more off-map drives, each leaving the route at another point, and counts those with a fix off the map.
 """
 from __future__ import annotations
 
@@ -27,17 +29,25 @@ ODOMETRY_TOPIC = SynthConfig.odometry_topic
 FIGURE = "error_vs_sigma.png"
 
 
+def _spread(length_m: float, count: int) -> list[int]:
+    """`count` points (m) spread evenly over a route of `length_m`, its ends excluded."""
+    return [round(length_m * (k + 1) / (count + 1)) for k in range(count)]
+
+
 def special_drives(drive: Callable[..., str], out: Path, query_fields: dict[str, Any], length_m: float,
-                   sweep: int = 0) -> dict[str, Any]:
-    """The kidnapped drive (teleported after 3/7 of the route), the off-map drive (leaves it there) and `sweep`
-    more kidnapped drives with the jump spread evenly over the route ("kidnap_sweep_bags": {jump m: bag})."""
+                   sweep: int = 0, off_map_sweep: int = 0) -> dict[str, Any]:
+    """The kidnapped drive (teleported after 3/7 of the route), the off-map drive (leaves it there), `sweep` more
+    kidnapped drives with the jump spread evenly over the route ("kidnap_sweep_bags": {jump m: bag}) and
+    `off_map_sweep` more off-map drives leaving it at points spread the same way ("off_map_sweep_bags")."""
     at = round(length_m * 3 / 7)
-    jumps = [round(length_m * (k + 1) / (sweep + 1)) for k in range(sweep)]
+    bags = out / "bags"
     return {
-        "kidnap_bag": drive(**query_fields, kidnap_at_m=at, out=str(out / "bags" / "query_kidnapped")),
-        "off_map_bag": drive(**query_fields, off_map_after_m=at, out=str(out / "bags" / "query_off_map")),
-        "kidnap_sweep_bags": {m: drive(**query_fields, kidnap_at_m=m, out=str(out / "bags" / f"query_kidnapped_{m}m"))
-                              for m in jumps},
+        "kidnap_bag": drive(**query_fields, kidnap_at_m=at, out=str(bags / "query_kidnapped")),
+        "off_map_bag": drive(**query_fields, off_map_after_m=at, out=str(bags / "query_off_map")),
+        "kidnap_sweep_bags": {m: drive(**query_fields, kidnap_at_m=m, out=str(bags / f"query_kidnapped_{m}m"))
+                              for m in _spread(length_m, sweep)},
+        "off_map_sweep_bags": {m: drive(**query_fields, off_map_after_m=m, out=str(bags / f"query_off_map_{m}m"))
+                               for m in _spread(length_m, off_map_sweep)},
     }
 
 
@@ -124,6 +134,41 @@ def kidnap_sweep_text(sweep: dict[str, Any]) -> str:
     lines.append(f"{sweep['with_fix_beyond_radius']} of {sweep['with_jump']} kidnapped drives got a fix more than "
                  f"{sweep['radius_m']:g} m off after the jump (goal: 0); {sweep['recovered_within']} re-converged "
                  f"within {sweep['recover_m']:g} m")
+    return "\n".join(lines)
+
+
+def off_map_sweep(base: ReplayConfig, bags: dict[int, str], out: Path,
+                  run: Callable[[str, Callable[[], dict]], dict]) -> dict[str, Any]:
+    """The sequence localizer on every off-map drive of the sweep: per drive the frames off the map (ground truth
+    farther than the radius from every place), the fixes published there and their largest error; how many drives
+    got any."""
+    reports = compare_localizers(base, {f"off map after {m} m": bag for m, bag in bags.items()}, out, run,
+                                 ("sequence",))
+    drives = []
+    for (m, _), report in zip(bags.items(), reports.values()):
+        cal = report["metrics"]["calibration"]
+        results = ReplayResults.load_npz(Path(report["config"]["out"]) / FRAMES)
+        error = np.linalg.norm(results.fix_xy - results.gt_xy, axis=1)
+        wrong = results.accepted & (error > base.radius_m)
+        drives.append({"off_map_after_m": m, "frames_off_map": cal["frames_off_map"],
+                       "fixes_off_map": cal["fixes_off_map"],
+                       "largest_error_m": float(error[wrong].max()) if wrong.any() else None,
+                       "availability": report["metrics"]["fix"]["availability"]})
+    return {"drives": drives, "with_fix_off_map": sum(d["fixes_off_map"] > 0 for d in drives),
+            "fixes_off_map": sum(d["fixes_off_map"] for d in drives)}
+
+
+def off_map_sweep_text(sweep: dict[str, Any]) -> str:
+    """One line per off-map drive and the count of drives with a fix off the map."""
+    lines = ["off-map sweep (sequence localizer, trained model): where the car left the mapped route, then what "
+             "followed"]
+    for d in sweep["drives"]:
+        largest = d["largest_error_m"]
+        wrong = "" if largest is None else f", the largest error of a wrong fix {_num(largest)} m"
+        lines.append(f"  after {d['off_map_after_m']:>4} m: {d['fixes_off_map']} fixes in {d['frames_off_map']} "
+                     f"frames off the map{wrong}")
+    lines.append(f"{sweep['with_fix_off_map']} of {len(sweep['drives'])} off-map drives got a fix while off the map "
+                 f"({sweep['fixes_off_map']} fixes; goal: 0)")
     return "\n".join(lines)
 
 
