@@ -35,7 +35,7 @@ from dsformer_ros.inference.extractor import DescriptorExtractor, load_extractor
 from dsformer_ros.inference.image_codec import ImageDecodeError
 from dsformer_ros.inference.methods import DescriptorMethod, RawPixels, RawPixelsConfig
 from dsformer_ros.inference.precision import PRECISIONS
-from dsformer_ros.inference.preprocess import RESIZES, ImageError, read_image
+from dsformer_ros.inference.preprocess import RESIZES, ImageError, preprocess_config_for, read_image
 from dsformer_ros.maps.map_index import IndexConfig
 from dsformer_ros.maps.method_map import build_method_map
 from dsformer_ros.maps.placemap import PlaceMetadata
@@ -140,9 +140,8 @@ def make_method(cfg: BuildMapConfig, device: str) -> DescriptorMethod:
     if cfg.backend != "torch":
         return load_extractor(cfg.backend, cfg.checkpoint, device, cfg.precision, cfg.batch_size)
     model = load_model(cfg.checkpoint or None, variant=cfg.variant, device=device)
-    extractor = DescriptorExtractor(model, batch_size=cfg.batch_size, precision=cfg.precision)
-    extractor.preprocess_config = dataclasses.replace(extractor.preprocess_config, resize=cfg.resize)
-    return extractor
+    preprocessing = dataclasses.replace(preprocess_config_for(model.config), resize=cfg.resize)
+    return DescriptorExtractor(model, preprocessing, batch_size=cfg.batch_size, precision=cfg.precision)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
