@@ -74,7 +74,8 @@ class RosClient:
                     raise AssertionError(f"node exited ({code}) while waiting for {what}:\n{process.log()}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+                    log = f"; the process's log ends:\n{process.log()[-4000:]}" if process is not None else ""
+                    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{log}")
                 self._cond.wait(min(remaining, 0.2))
 
     def call(self, srv_type: type, name: str, request: Any, timeout: float = ANSWER_TIMEOUT_S) -> Any:

@@ -132,6 +132,20 @@ def latest_diag(client: RosClient, node: str = NODE) -> dict[str, str] | None:
     return {kv.key: kv.value for kv in statuses[-1][1].values} if statuses else None
 
 
+def wait_linked(client: RosClient, process: NodeProcess, publishers: dict[str, Any], node: str = NODE) -> None:
+    """Wait until each publisher has matched the node's subscription and the node's diagnostics say it matched back.
+
+    `publishers` maps a diagnostics key (input_publishers, odometry_publishers) to our publisher on that input. Sensor
+    data QoS is best effort: a frame sent after our side matched but before the node's side did is silently lost.
+    """
+    def linked() -> bool:
+        diag = latest_diag(client, node)
+        return (all(pub.get_subscription_count() > 0 for pub in publishers.values()) and diag is not None
+                and all(int(diag.get(key, "0")) > 0 for key in publishers))
+
+    client.wait_for(linked, START_TIMEOUT_S, f"the node to match our publishers on {', '.join(publishers)}", process)
+
+
 def settled_diag(client: RosClient, last_sec: int) -> dict[str, str] | None:
     """The newest diagnostics once frame `last_sec` was processed and every received frame is accounted for."""
     d = latest_diag(client)
@@ -230,9 +244,8 @@ def running(assets: dict[str, Any], client: RosClient) -> dict[str, Any]:
     )
     node = NodeProcess(params, assets["dir"] / "node.log")
     try:
-        client.wait_for(lambda: node_statuses(client), START_TIMEOUT_S, "the node's first diagnostics", node)
         publisher = client.node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
-        client.wait_for(lambda: publisher.get_subscription_count() > 0, 30.0, "the node to subscribe", node)
+        wait_linked(client, node, {"input_publishers": publisher})
         yield {"node": node, "pub": publisher, "rss_start_mb": node.rss_mb()}
     finally:
         code = node.stop()
@@ -328,6 +341,7 @@ def test_diagnostics_report_rates_latency_counts_and_map(
                 "last_fix_age_s", "map_places", "device", "model_ms_p50", "overhead_ms_p50"):
         assert key in values, key
     assert values["map_places"] == str(assets["n_places"])
+    assert (values["input_publishers"], values["odometry_publishers"]) == ("1", "0"), "our camera, no odometry topic"
     assert values["device"] == "cpu"
     assert int(values["frames_processed"]) >= len(QUERY_INDICES)
     assert 0 < float(values["latency_p50_ms"]) <= float(values["latency_p95_ms"])
@@ -445,8 +459,7 @@ def test_sequence_mode_tracks_the_traversal_with_odometry_and_counts_bad_odometr
     try:
         images = ros.node.create_publisher(Image, "/sequence/camera", qos_profile_sensor_data)
         odometry = ros.node.create_publisher(Odometry, "/sequence/odom", 50)
-        ros.wait_for(lambda: images.get_subscription_count() > 0 and odometry.get_subscription_count() > 0,
-                     START_TIMEOUT_S, "the node to subscribe to images and odometry", node)
+        wait_linked(ros, node, {"input_publishers": images, "odometry_publishers": odometry}, name)
         for k, index in enumerate(indices):
             sec = 3000 + k
             if k == 10:
@@ -457,9 +470,6 @@ def test_sequence_mode_tracks_the_traversal_with_odometry_and_counts_bad_odometr
                 odometry.publish(odometry_msg(t, 1.03 * i))  # wheels 3 % long, in their own frame
             frame = image_msg(read_image(assets["traversals"] / "query" / f"{index:07d}.jpg"), sec)
             images.publish(frame)
-            if k == 0:  # sensor-data QoS is best effort: the very first frame may go before the match completes
-                ros.wait_for(lambda: stamped(ros.messages(f"{name}/candidates"), sec)
-                             or images.publish(frame), ANSWER_TIMEOUT_S, "the first frame answered", node)
             ros.wait_for(lambda: stamped(ros.messages(f"{name}/candidates"), sec), ANSWER_TIMEOUT_S,
                          f"candidates of frame {sec}", node)
         last = 3000 + len(indices) - 1
@@ -534,7 +544,7 @@ def test_lifecycle_transitions_compressed_input_and_relocalize(assets: dict[str,
         assert publisher.get_subscription_count() == 0, "an inactive node must not subscribe"
         assert change(Transition.TRANSITION_ACTIVATE)
         assert state() == State.PRIMARY_STATE_ACTIVE
-        ros.wait_for(lambda: publisher.get_subscription_count() > 0, 30.0, "the subscription", node)
+        wait_linked(ros, node, {"input_publishers": publisher}, name)
         jpeg = cv2.imencode(".jpg", assets["queries"][0][:, :, ::-1])[1].tobytes()
         for sec, data in ((1, jpeg), (2, jpeg[: len(jpeg) // 2]), (3, b"\xff\xd8 not a jpeg \xff\xd9"), (4, jpeg)):
             msg = CompressedImage(format="jpeg", data=data)

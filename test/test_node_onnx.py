@@ -25,8 +25,8 @@ from test_node import (  # noqa: E402
     RosClient,
     image_msg,
     latest_diag,
-    node_statuses,
     stamped,
+    wait_linked,
     write_params,
 )
 
@@ -86,9 +86,8 @@ def test_node_serves_the_map_with_onnxruntime(assets: dict[str, Any]) -> None:
     client.subscribe(DiagnosticArray, "/diagnostics")
     node = NodeProcess(_params(assets, "onnx", "model.onnx"), assets["dir"] / "onnx.log", "-r", f"__ns:={NS}")
     try:
-        client.wait_for(lambda: node_statuses(client, NODE), START_TIMEOUT_S, "the node's first diagnostics", node)
         publisher = client.node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
-        client.wait_for(lambda: publisher.get_subscription_count() > 0, 30.0, "the node to subscribe", node)
+        wait_linked(client, node, {"input_publishers": publisher}, NODE)
         for i, rgb in enumerate(assets["queries"]):
             sec = 100 + i
             publisher.publish(image_msg(rgb, sec))

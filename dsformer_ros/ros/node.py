@@ -291,7 +291,7 @@ class VprNode(LifecycleNode):
             return math.nan
         return (now - then).nanoseconds / 1e9
 
-    def _level(self, stats: Any, fix_age: float, since_active: float) -> tuple[str, str]:
+    def _level(self, stats: Any, fix_age: float, since_active: float, publishers: int) -> tuple[str, str]:
         """OK/WARN/ERROR with a one-line reason, judged on what happened since the last diagnostics message."""
         new_failed = stats.failed - self._reported[0]
         new_rejected = stats.rejected - self._reported[1]
@@ -304,7 +304,8 @@ class VprNode(LifecycleNode):
         if new_rejected > 0:
             return "WARN", f"{new_rejected} malformed frame(s) rejected: {stats.last_reject_reason}"
         if stats.received == 0 and warn_s > 0 and since_active >= warn_s:
-            return "WARN", f"no images received on {self._settings.image_topic} for {since_active:.0f} s"
+            why = f"{publishers} publisher(s) matched" if publishers else "no publisher matched: check the topic name"
+            return "WARN", f"no images received on {self._settings.image_topic} for {since_active:.0f} s ({why})"
         no_fix_for = fix_age if not math.isnan(fix_age) else since_active
         sequence = self._localizer.sequence
         if sequence is not None and sequence.last_decision is not None:
@@ -325,11 +326,14 @@ class VprNode(LifecycleNode):
             fixes, last_fix, last_frame = self._fixes, self._last_fix_time, dict(self._last_frame)
         fix_age = self._seconds_since(last_fix, now)
         since_active = self._seconds_since(self._active_since, now)
-        level, message = self._level(stats, fix_age, since_active if not math.isnan(since_active) else 0.0)
+        subscription, odometry = self._subscription, self._odometry_subscription
+        publishers = subscription.get_publisher_count() if subscription is not None else 0
+        level, message = self._level(stats, fix_age, since_active if not math.isnan(since_active) else 0.0, publishers)
         localizer = self._localizer
         values = [
-            ("input_topic", self._subscription.topic_name if self._subscription else ""),
+            ("input_topic", subscription.topic_name if subscription is not None else ""),
             ("input_type", self._settings.input_type),
+            ("input_publishers", publishers),
             ("decoder", self._decoder_name),
             ("input_rate_hz", stats.input_rate_hz),
             ("latency_p50_ms", stats.latency_p50_ms),
@@ -355,6 +359,7 @@ class VprNode(LifecycleNode):
             ("backend", localizer.backend),
             ("mode", localizer.config.mode),
             ("odometry_topic", self._settings.odometry_topic),
+            ("odometry_publishers", odometry.get_publisher_count() if odometry is not None else 0),
             *(localizer.sequence.status().items() if localizer.sequence is not None else ()),
             *last_frame.items(),
         ]
