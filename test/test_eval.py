@@ -7,6 +7,7 @@ import logging
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -149,7 +150,7 @@ def test_msls_reader_excludes_panoramas_and_keeps_cities_apart(traversals: Path,
 
 
 def test_corridor_protocol_baselines_report_and_cache(corridor: Path, tmp_path: Path) -> None:
-    def run(method: str) -> dict:
+    def run(method: str, **extra: Any) -> dict:
         cfg = EvalConfig(
             dataset=DatasetConfig(format="folders", root=str(corridor)),
             method=method,
@@ -157,6 +158,7 @@ def test_corridor_protocol_baselines_report_and_cache(corridor: Path, tmp_path: 
             batch_size=32,
             out=str(tmp_path / method),
             cache_dir=str(tmp_path / "cache"),
+            **extra,
         )
         return evaluate(cfg)["methods"][method]
 
@@ -166,6 +168,11 @@ def test_corridor_protocol_baselines_report_and_cache(corridor: Path, tmp_path: 
     again = run("raw_pixels")
     assert again["database_cache"] == "hit" and again["extraction_ms_per_image"]["database"] is None
     assert again["recall"] == raw["recall"]
+    cache = Path(again["database_cache_path"])
+    assert not PlaceMap.load(cache).manifest.similarity, "a single-frame evaluation needs no measurement model"
+    sequence = run("raw_pixels", localizer="sequence", figures=False)
+    assert sequence["database_cache"] == "hit" and sequence["database_cache_path"] == str(cache)
+    assert PlaceMap.load(cache).manifest.similarity, "the model fitted on a cache hit must be stored with the cache"
     gem = run("backbone_gem")
     assert gem["recall"]["1"] > raw["recall"]["1"] + 0.1, (gem["recall"], raw["recall"])
     assert gem["descriptor_dim"] == 320

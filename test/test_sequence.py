@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dsformer_ros.localization.sequence import CONVERGED, LOST, SequenceConfig, SequenceLocalizer
-from dsformer_ros.maps.similarity import SimilarityFitError, fit_similarity, reference_rows
+from dsformer_ros.maps.similarity import SimilarityFitError, fit_similarity, held_out_alias_excess, reference_rows
 
 NS = 1_000_000_000
 
@@ -138,6 +138,8 @@ def test_fit_separates_near_and_far_places(straight: Map) -> None:
     assert 2.0 <= model.place_sigma_m <= 10.0
     assert model.positive_pairs >= 10 and model.negative_pairs >= 10
     assert model.from_manifest(model.to_manifest()) == model
+    older = {k: v for k, v in model.to_manifest().items() if k != "alias_excess"}
+    assert model.from_manifest(older).alias_excess == 0.0, "a map fitted before alias_excess reads as no margin"
 
 
 def test_fit_refuses_descriptors_that_do_not_tell_places_apart() -> None:
@@ -187,6 +189,64 @@ def test_two_identical_parallel_streets_give_no_fix() -> None:
     results = run(m, m.localizer(), path_xy, path_yaw, odometry=wheel())
     assert not any(d.fix for d, _ in results)
     assert max(d.concentrated_mass for d, _ in results[10:]) < 0.75
+
+
+class LookalikeTown:
+    """Streets y = 100 k: street 0 has its own look, every other street looks like it to the share `alpha` (one
+    town's style: the same kind of facades in the same order) and like nothing else for the rest."""
+
+    def __init__(self, alpha: float, seed: int = 0) -> None:
+        self.alpha = alpha
+        self.base = World(seed)
+        self.own = [World(seed + 10 + k) for k in range(4)]
+
+    def describe(self, xy, yaw, noise: float = 0.0, rng: np.random.Generator | None = None) -> np.ndarray:
+        xy = np.atleast_2d(np.asarray(xy, dtype=np.float64))
+        yaw = np.atleast_1d(np.asarray(yaw, dtype=np.float64))
+        street = np.round(xy[:, 1] / 100.0).astype(int)
+        base = self.base.describe(xy - np.column_stack([np.zeros(len(xy)), 100.0 * street]), yaw)
+        own = np.concatenate([self.own[k].describe(p, a) for k, p, a in zip(street, xy, yaw)])
+        f = np.where((street == 0)[:, None], base, self.alpha * base + math.sqrt(1.0 - self.alpha**2) * own)
+        if noise:
+            f = f + noise * rng.standard_normal(f.shape) / math.sqrt(f.shape[1])
+        return (f / np.linalg.norm(f, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_alias_excess_is_what_the_best_unrelated_place_of_a_held_out_view_scores() -> None:
+    """Brute force over every view of a two-street look-alike map: best score beyond 50 m, minus the view's
+    negative level and the Gaussian null, median."""
+    a_xy, a_yaw = polyline([(0.0, 0.0), (400.0, 0.0)])
+    xy, yaw = np.concatenate([a_xy, a_xy + [0.0, 100.0]]), np.concatenate([a_yaw, a_yaw])
+    m = Map(LookalikeTown(0.6), xy, yaw)
+    d = m.descriptors.astype(np.float64)
+    scores = d @ d.T
+    far = np.linalg.norm(xy[:, None] - xy[None], axis=2) > 50.0
+    reference = np.median(scores[:, reference_rows(len(xy))], axis=1)
+    null = m.model.null_level(len(xy))
+    expected = float(np.median(np.where(far, scores, -np.inf).max(axis=1) - reference)) - null
+    every = held_out_alias_excess(m.descriptors, xy, 50.0, null, np.random.default_rng(0), views=len(xy), chunk=64)
+    assert expected > 0.1 and every == pytest.approx(expected, abs=1e-5)
+    assert m.model.alias_excess == pytest.approx(expected, abs=0.03)  # fitted on 256 of the 400 views
+    assert Map(World(0), a_xy, a_yaw).model.alias_excess < expected / 2, "a street of its own aliases less"
+
+
+def test_alias_margin_stops_fixes_on_an_unmapped_lookalike_street() -> None:
+    """Mapped: streets 0 and 1 (1 looks like 0). Driving unmapped street 2 (also like 0) gets fixes on the map with
+    the Gaussian null; with alias_margin 1 it gets none, while driving street 0 still gets fixes."""
+    a_xy, a_yaw = polyline([(0.0, 0.0), (400.0, 0.0)])
+    xy, yaw = np.concatenate([a_xy, a_xy + [0.0, 100.0]]), np.concatenate([a_yaw, a_yaw])
+    m = Map(LookalikeTown(0.6), xy, yaw)
+    on_xy, on_yaw = drive(*sampled(a_xy[10:190], a_yaw[10:190], 2.0, 4.0))
+    off_xy = on_xy + [0.0, 200.0]
+    outcome = {}
+    for margin in (0.0, 1.0):
+        on_err, _ = fixes(run(m, m.localizer(alias_margin=margin), on_xy, on_yaw, odometry=wheel(), noise=0.7))
+        off_err, _ = fixes(run(m, m.localizer(alias_margin=margin), off_xy, on_yaw, odometry=wheel(), noise=0.7))
+        outcome[margin] = (np.isfinite(on_err).mean(), np.nanmax(on_err), np.isfinite(off_err).sum())
+    assert outcome[0.0][2] >= 10, f"the look-alike street should fool the Gaussian null: {outcome}"
+    assert outcome[1.0][2] == 0, f"no fix off the map with the measured margin: {outcome}"
+    assert outcome[1.0][0] >= 0.5 and outcome[1.0][1] <= 25.0, f"the mapped street still localizes: {outcome}"
+    assert outcome[1.0][0] < outcome[0.0][0], "the margin costs availability"
 
 
 def test_kidnapped_robot_stops_fixing_then_reconverges(straight: Map) -> None:

@@ -19,7 +19,8 @@ frame updates it by
   get the ratio of the last retrieved score (an upper bound), unmatched and off-map mass a ratio of 1. The ratio is
   mixed with `outlier_probability` (a view that matches nothing) and the map's fitted alias rate (an unrelated place
   that looks the same), so one frame can neither erase a well-supported belief nor create one: a sequence of
-  agreeing frames is needed.
+  agreeing frames is needed. `alias_margin` raises the score a place must beat towards what the best unrelated place
+  of a held-out map view reaches (the map's measured `alias_excess`): the open-set side's safety for availability.
 
 Why places and not particles in UTM: a camera can only say "this looks like place j", so the measurement is defined
 on places; the places already are the reachable, mapped poses with a heading (no particles wasted off the streets,
@@ -109,6 +110,12 @@ class SequenceConfig:
         0.1, "Per frame: probability that a place whose views stopped matching is not where the robot is after all "
         "(kidnapped, or off the map): that mass loses its position (off the map).", low=0.0, high=0.5,
         section=SEQUENCE,
+    )
+    alias_margin: float = setting(
+        0.0, "Share of the map's measured alias excess (SimilarityModel.alias_excess: how far the best unrelated "
+        "place of a held-out map view scores above the null level) added to the score a place must beat to gain "
+        "evidence. 0: the Gaussian null; 1: what unmapped look-alike streets reach (no fixes off the map, far fewer "
+        "on it).", low=0.0, high=2.0, section=SEQUENCE,
     )
     outlier_probability: float = setting(
         0.1, "Per frame: probability that the view matches its own place no better than an unrelated one "
@@ -436,6 +443,7 @@ class SequenceLocalizer:
         if rows.size == 0:
             return
         floor = float(scores.min())
+        reference = reference + self.config.alias_margin * self.model.alias_excess
         llr = np.full(self.n, float(self.model.log_likelihood_ratio(np.array([floor]), reference, self.n)[0]))
         if rows.size >= self.n:
             llr[:] = 0.0

@@ -186,7 +186,8 @@ def database_map(
         else:
             if place_map.manifest.build.get("cache_key") == key:
                 apply_search_params(place_map.index, cfg.index)
-                _fit_similarity_for_sequence(place_map, cfg)
+                if _fit_similarity_for_sequence(place_map, cfg):
+                    place_map.write_manifest(path)
                 log.info("%s: database map cache hit (%s)", method.name, path)
                 return place_map, "hit", None, path
             log.warning("cached database map %s has another cache key; rebuilding it", path)
@@ -208,10 +209,12 @@ def database_map(
     return place_map, "miss", ms_per_image, path
 
 
-def _fit_similarity_for_sequence(place_map: PlaceMap, cfg: EvalConfig) -> None:
-    """`--localizer sequence` needs the map's measurement model: fit it into the manifest (stored with the cache)."""
+def _fit_similarity_for_sequence(place_map: PlaceMap, cfg: EvalConfig) -> bool:
+    """`--localizer sequence` needs the map's measurement model: fit it into the manifest; True when newly fitted
+    (a cached map then gets its manifest rewritten, so the next hit does not fit it again)."""
     if cfg.localizer == "sequence" and not place_map.manifest.similarity:
-        attach_similarity(place_map)
+        return attach_similarity(place_map) is not None
+    return False
 
 
 def map_memory_bytes(place_map: PlaceMap) -> dict[str, int]:
