@@ -396,15 +396,20 @@ def map_similarity(place_map: "PlaceMap") -> SimilarityModel:
     return model
 
 
-def attach_similarity(place_map: "PlaceMap") -> SimilarityModel | None:
-    """Fit the model of a map about to be saved into its manifest; None (logged) when the map cannot give one."""
-    try:
-        model = fit_map_similarity(place_map)
-    except SimilarityFitError as exc:
-        log.warning("no similarity model stored in the map (sequence localization will refuse it): %s", exc)
-        return None
+def fit_into_manifest(place_map: "PlaceMap") -> SimilarityModel:
+    """Fit the map's model and put it into its (in-memory) manifest; raises SimilarityFitError when it cannot."""
+    model = fit_map_similarity(place_map)
     place_map.manifest.similarity = model.to_manifest()
     log.info("similarity model: positives %.3f +- %.3f, negatives %.3f +- %.3f, place sigma %.1f m, alias rate %.4f, "
              "alias excess %.3f", model.positive_mean, model.positive_std, model.negative_mean, model.negative_std,
              model.place_sigma_m, model.alias_rate, model.alias_excess)
     return model
+
+
+def attach_similarity(place_map: "PlaceMap") -> SimilarityModel | None:
+    """Fit the model of a map about to be saved into its manifest; None (logged) when the map cannot give one."""
+    try:
+        return fit_into_manifest(place_map)
+    except SimilarityFitError as exc:
+        log.warning("no similarity model stored in the map (sequence localization will refuse it): %s", exc)
+        return None

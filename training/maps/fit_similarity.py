@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from dsformer_ros.maps.placemap import PlaceMap
-from dsformer_ros.maps.similarity import SimilarityModel, fit_map_similarity
+from dsformer_ros.maps.similarity import SimilarityModel, fit_into_manifest
 
 log = logging.getLogger(__name__)
 
@@ -20,12 +20,9 @@ log = logging.getLogger(__name__)
 def store_similarity(map_dir: str | Path, place_map: PlaceMap | None = None) -> SimilarityModel:
     """Fit the model of the map at `map_dir` (loaded unless given) and write it into its manifest."""
     place_map = place_map or PlaceMap.load(map_dir)
-    model = fit_map_similarity(place_map)
-    place_map.manifest.similarity = model.to_manifest()
+    model = fit_into_manifest(place_map)
     place_map.write_manifest(map_dir)
-    log.info("map %s: similarity model stored (positives %.3f +- %.3f, negatives %.3f +- %.3f, place sigma %.1f m)",
-             map_dir, model.positive_mean, model.positive_std, model.negative_mean, model.negative_std,
-             model.place_sigma_m)
+    log.info("map %s: similarity model stored in its manifest", map_dir)
     return model
 
 
