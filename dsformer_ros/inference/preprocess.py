@@ -35,7 +35,7 @@ class PreprocessConfig:
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
         if self.resize not in RESIZES:
-            raise ConfigError(f"resize: {self.resize!r} is not 'square' or 'short_side'")
+            raise ConfigError(f"resize: {self.resize!r} is not one of {', '.join(RESIZES)}")
         if len(self.size) != 2 or min(self.size) < 1:
             raise ConfigError(f"size: expected (height, width) > 0, got {self.size}")
         if self.short_side < 1 or self.multiple < 1:
