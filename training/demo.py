@@ -61,7 +61,7 @@ IMAGE_TOPIC = "/camera/image_raw"
 
 @dataclasses.dataclass
 class DemoConfig:
-    """Sizes and seeds of the demo; the defaults take about 18 minutes on a 2-core CPU, `--small` is the test's."""
+    """Sizes and seeds of the demo; the defaults take 18-21 minutes on a 2-core CPU, `--small` is the test's."""
 
     out: str = setting("runs/demo", "output folder")
     train_config: str = ""  # base training config; "" = training/configs/lite0_cpu.yaml
