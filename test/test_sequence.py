@@ -358,3 +358,38 @@ def test_odometry_carries_the_belief_between_places_without_rounding_and_gives_n
     assert max(errors[10:]) < 0.5
     assert all(fixed[10:15]) and not any(fixed[17:])
     assert float(np.linalg.norm(loc.offset, axis=1).max()) <= loc.spacing_m + 1e-9
+
+
+def test_a_confirmed_fix_is_kept_through_weak_views_whose_best_match_is_its_place(straight: Map) -> None:
+    """After 20 clear frames, 8 views with a thirtieth of the contrast (same ranking, e.g. dusk) keep the fix, as
+    their best match lies among the tracked places; the same views without keeping (keep_evidence at
+    agreement_evidence) lose it within 2 frames; blank views (nothing beats an unrelated place) keep nothing once the
+    earlier credit is spent; and one weak view whose best match lies 200 m ahead stops the fix at once."""
+    path_xy, path_yaw = drive(*sampled(straight.xy[10:120], straight.yaw[10:120], 2.0, 4.0))
+
+    def weakened(loc: SequenceLocalizer, stamp: int, query: np.ndarray, contrast: float):
+        """The frame's scores pulled towards the level an unrelated place reaches (the evidence's zero point)."""
+        scores = straight.descriptors @ query
+        rows = np.argsort(-scores)[:50]
+        reference = float(np.median(straight.reference @ query))
+        zero = reference + straight.model.null_level(len(straight.xy))
+        return loc.update(stamp, rows, zero + contrast * (scores[rows] - zero), reference)
+
+    def fixed(contrast: float, **overrides) -> list[bool]:
+        loc, odometry, rng, out = straight.localizer(**overrides), wheel(), np.random.default_rng(1), []
+        for k in range(29):
+            stamp = int(k * 0.5 * NS)
+            loc.add_odometry(stamp, *odometry(k, path_xy[k], path_yaw[k]))
+            looked_at = path_xy[k] + (np.array([200.0, 0.0]) if k == 28 else 0.0)
+            query = straight.world.describe(looked_at, path_yaw[k], 0.5, rng)[0]
+            d = straight.frame(loc, stamp, query) if k < 20 else weakened(loc, stamp, query, contrast)
+            out.append(d.fix is not None)
+            if k >= 20 and d.fix is not None and "kept" in d.reason:
+                assert abs(d.fix.easting - path_xy[k, 0]) <= 8.0
+        return out
+
+    kept = fixed(0.03)
+    assert all(kept[15:20]) and all(kept[20:28]) and not kept[28]
+    strict = fixed(0.03, keep_evidence=1.0)
+    assert not any(strict[22:28])
+    assert not any(fixed(0.0)[22:28])
