@@ -212,12 +212,18 @@ class LookalikeTown:
         return (f / np.linalg.norm(f, axis=1, keepdims=True)).astype(np.float32)
 
 
-def test_alias_excess_is_what_the_best_unrelated_place_of_a_held_out_view_scores() -> None:
+@pytest.fixture(scope="module")
+def twin_streets() -> Map:
+    """Streets 0 and 1 of a look-alike town mapped (400 m each, 1 looks like 0 to the share 0.6)."""
+    a_xy, a_yaw = polyline([(0.0, 0.0), (400.0, 0.0)])
+    return Map(LookalikeTown(0.6), np.concatenate([a_xy, a_xy + [0.0, 100.0]]), np.concatenate([a_yaw, a_yaw]))
+
+
+def test_alias_excess_is_what_the_best_unrelated_place_of_a_held_out_view_scores(twin_streets: Map) -> None:
     """Brute force over every view of a two-street look-alike map: best score beyond 50 m, minus the view's
     negative level and the Gaussian null, median."""
-    a_xy, a_yaw = polyline([(0.0, 0.0), (400.0, 0.0)])
-    xy, yaw = np.concatenate([a_xy, a_xy + [0.0, 100.0]]), np.concatenate([a_yaw, a_yaw])
-    m = Map(LookalikeTown(0.6), xy, yaw)
+    m, xy = twin_streets, twin_streets.xy
+    a_xy, a_yaw = xy[xy[:, 1] < 50.0], twin_streets.yaw[xy[:, 1] < 50.0]
     d = m.descriptors.astype(np.float64)
     scores = d @ d.T
     far = np.linalg.norm(xy[:, None] - xy[None], axis=2) > 50.0
@@ -230,12 +236,11 @@ def test_alias_excess_is_what_the_best_unrelated_place_of_a_held_out_view_scores
     assert Map(World(0), a_xy, a_yaw).model.alias_excess < expected / 2, "a street of its own aliases less"
 
 
-def test_alias_margin_stops_fixes_on_an_unmapped_lookalike_street() -> None:
+def test_alias_margin_stops_fixes_on_an_unmapped_lookalike_street(twin_streets: Map) -> None:
     """Mapped: streets 0 and 1 (1 looks like 0). Driving unmapped street 2 (also like 0) gets fixes on the map with
     the Gaussian null; with alias_margin 1 it gets none, while driving street 0 still gets fixes."""
-    a_xy, a_yaw = polyline([(0.0, 0.0), (400.0, 0.0)])
-    xy, yaw = np.concatenate([a_xy, a_xy + [0.0, 100.0]]), np.concatenate([a_yaw, a_yaw])
-    m = Map(LookalikeTown(0.6), xy, yaw)
+    m, xy = twin_streets, twin_streets.xy
+    a_xy, a_yaw = xy[xy[:, 1] < 50.0], twin_streets.yaw[xy[:, 1] < 50.0]
     on_xy, on_yaw = drive(*sampled(a_xy[10:190], a_yaw[10:190], 2.0, 4.0))
     off_xy = on_xy + [0.0, 200.0]
     outcome = {}
