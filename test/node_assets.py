@@ -1,4 +1,5 @@
 """A checkpoint and a small map that belong together, and parameter files for the node, made inside the suite.
+`drive_map` makes the same pair from a synthetic drive, for the replay tests.
 
 The map holds 6 places built from generated images with the untrained EfficientNet-Lite0 DSFormer (no ../shared
 data needed); the tests that use it are about starting, stopping and configuring the node, not about recall.
@@ -65,6 +66,28 @@ def make_checkpoint_and_map(out: Path) -> dict[str, Path]:
         build_info={"source": "test suite"},
     ).save(out / "map")
     return {"checkpoint": out / "model.pt", "map_path": out / "map"}
+
+
+def drive_map(mapping_bag: Path, out: Path) -> dict[str, Path]:
+    """An untrained EfficientNet-Lite0 DSFormer at 64 px (seed 0) saved as out/untrained.pt, and the map of the
+    drive `mapping_bag` built with it every 2 m in out/map; returns their paths."""
+    import dataclasses
+
+    import torch
+
+    from dsformer_ros.model.checkpoint import save_checkpoint
+    from dsformer_ros.model.dsformer import build_model, preset
+    from dsformer_ros.model.pretrained import init_backbone
+    from training.maps.build_map import BuildMapConfig, build_map
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(preset("efficientnet_lite0"), image_size=(64, 64)))
+    init_backbone(model)
+    checkpoint = out / "untrained.pt"
+    save_checkpoint(checkpoint, model.eval(), {"source": "test"})
+    build_map(BuildMapConfig(input=str(mapping_bag), checkpoint=str(checkpoint), device="cpu", spacing_m=2.0,
+                             out=str(out / "map")))
+    return {"checkpoint": checkpoint, "map": out / "map"}
 
 
 def write_params(path: Path, section: str = "/**", **values: Any) -> Path:

@@ -8,15 +8,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
+from node_assets import drive_map
+
 from dsformer_ros.maps.placemap import PlaceMap
-from dsformer_ros.model.checkpoint import save_checkpoint
-from dsformer_ros.model.dsformer import build_model, preset
-from dsformer_ros.model.pretrained import init_backbone
-from training.maps.build_map import BuildMapConfig, build_map
 from training.replay.metrics import ReplayResults, compute_metrics
 from training.replay.replay import ReplayConfig, run_replay
 from training.synth.config import SynthConfig
@@ -82,14 +79,7 @@ def drive_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write_drive(SynthConfig(**common, condition="day", drive_seed=1, out=str(root / "mapping")))
     write_drive(SynthConfig(**common, condition="dusk", lane_offset_m=-1.75, drive_seed=2, compressed=True,
                             start_time_s=1_700_001_000.0, out=str(root / "query")))
-    torch.manual_seed(0)
-    model = build_model(dataclasses.replace(preset("efficientnet_lite0"), image_size=(64, 64)))
-    init_backbone(model)
-    checkpoint = root / "untrained.pt"
-    save_checkpoint(checkpoint, model.eval(), {"source": "test"})
-    build_map(BuildMapConfig(input=str(root / "mapping"), checkpoint=str(checkpoint), device="cpu", spacing_m=2.0,
-                             out=str(root / "map")))
-    return {"root": root, "query": root / "query", "map": root / "map", "checkpoint": checkpoint}
+    return {"root": root, "query": root / "query", **drive_map(root / "mapping", root)}
 
 
 def _config(setup: dict[str, Path], mode: str) -> ReplayConfig:

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train.train", "train DSFormer (EigenPlaces-style) from a YAML config"),
     "synth": ("training.synth.cli", "render synthetic drive logs of a procedural town"),
     "replay": ("training.replay.cli", "replay a bag against a map: Recall@N, fix precision, latency"),
+    "sweep": ("training.replay.sweep", "replay drives once per value of a localizer setting: availability vs safety"),
     "demo": ("training.demo", "the end-to-end demo: synth, train, build map, replay through the node"),
 }
 

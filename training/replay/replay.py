@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -120,31 +120,59 @@ def bag_odometry(cfg: ReplayConfig, reader: DriveLogReader) -> list[OdomPose]:
     return odometry
 
 
-def replay_offline(cfg: ReplayConfig, localizer: Localizer, frames: Iterator[ImageFrame], n: int,
-                   bad: list[tuple[int, int]], odometry: list[OdomPose] = ()) -> ReplayResults:
-    """Every decodable frame through `Localizer.localize` in bag order (the node's code path without ROS); bad
-    frames are counted in `bad` and left unanswered.
+class OdometryFeed:
+    """Hands the localizer the odometry stamped up to each frame's stamp, before the frame, as the node receives it."""
 
-    Odometry stamped up to each frame's stamp is handed to the localizer before the frame, as the node receives it.
-    """
+    def __init__(self, localizer: Localizer, odometry: Sequence[OdomPose]) -> None:
+        self.localizer = localizer
+        self.odometry = odometry
+        self.next = 0
+
+    def until(self, stamp_ns: int) -> None:
+        """Feed every odometry pose not yet fed whose stamp is at most `stamp_ns`."""
+        while self.next < len(self.odometry) and self.odometry[self.next].stamp_ns <= stamp_ns:
+            o = self.odometry[self.next]
+            self.localizer.add_odometry(o.stamp_ns, o.x, o.y, o.yaw)
+            self.next += 1
+
+
+def record_result(results: ReplayResults, i: int, stamp_ns: int, answer: LocalizationResult, latency_s: float) -> None:
+    """Store frame i's answer: stamp, latency, ranked candidates and the fix, if any."""
+    results.latency_s[i] = latency_s
+    results.stamp_ns[i] = stamp_ns
+    c = answer.candidates
+    record_answer(results, i, c.xy, np.asarray(c.place_id), np.asarray(c.score))
+    fix = answer.decision.fix
+    if fix is not None:
+        record_fix(results, i, fix.easting, fix.northing, fix.covariance)
+
+
+def replay_offline(cfg: ReplayConfig, localizer: Localizer, frames: Iterator[ImageFrame], n: int,
+                   bad: list[tuple[int, int]], odometry: Sequence[OdomPose] = ()) -> ReplayResults:
+    """Every decodable frame through `Localizer.localize` in bag order (the node's code path without ROS); bad
+    frames are counted in `bad` and left unanswered; odometry reaches the localizer by stamp (`OdometryFeed`)."""
     results = ReplayResults.empty_like(n, cfg.top_k)
-    k = 0
+    feed = OdometryFeed(localizer, odometry)
     for frame, rgb in tqdm(decodable(frames, bad), total=n, desc=f"replay offline ({cfg.method}, {cfg.localizer})",
                            unit="frame"):
-        i = frame.index
-        while k < len(odometry) and odometry[k].stamp_ns <= frame.stamp_ns:
-            localizer.add_odometry(odometry[k].stamp_ns, odometry[k].x, odometry[k].y, odometry[k].yaw)
-            k += 1
+        feed.until(frame.stamp_ns)
         t0 = time.perf_counter()
-        answer: LocalizationResult = localizer.localize(rgb, frame.stamp_ns)
-        results.latency_s[i] = time.perf_counter() - t0
-        results.stamp_ns[i] = frame.stamp_ns
-        c = answer.candidates
-        record_answer(results, i, c.xy, np.asarray(c.place_id), np.asarray(c.score))
-        fix = answer.decision.fix
-        if fix is not None:
-            record_fix(results, i, fix.easting, fix.northing, fix.covariance)
+        answer = localizer.localize(rgb, frame.stamp_ns)
+        record_result(results, frame.index, frame.stamp_ns, answer, time.perf_counter() - t0)
     return results
+
+
+def place_xy(place_map: PlaceMap) -> np.ndarray:
+    """(N, 2) UTM easting, northing of the map's places."""
+    return np.column_stack([np.asarray(place_map.metadata.easting), np.asarray(place_map.metadata.northing)])
+
+
+def replay_metrics(results: ReplayResults, place_map: PlaceMap, radius_m: float, recall_ns: Sequence[int]) -> dict:
+    """The report's metrics of filled-in results against the map: recall, fixes, latency and `calibration`."""
+    map_xy = place_xy(place_map)
+    metrics = compute_metrics(results, map_xy, np.asarray(place_map.metadata.place_id), radius_m, recall_ns)
+    metrics["calibration"] = calibration_metrics(results, map_xy, radius_m)
+    return metrics
 
 
 def run_replay(cfg: ReplayConfig) -> dict:
@@ -188,10 +216,8 @@ def run_replay(cfg: ReplayConfig) -> dict:
             log.warning("%d of %d frames could not be decoded and were skipped", len(bad), n)
         replay_s = time.perf_counter() - t0
     results.gt_xy[:] = ground_truth.positions(results.stamp_ns)
-    map_xy = np.column_stack([np.asarray(place_map.metadata.easting), np.asarray(place_map.metadata.northing)])
-    map_ids = np.asarray(place_map.metadata.place_id)
-    metrics = compute_metrics(results, map_xy, map_ids, cfg.radius_m, cfg.recall_ns)
-    metrics["calibration"] = calibration_metrics(results, map_xy, cfg.radius_m)
+    map_xy, map_ids = place_xy(place_map), np.asarray(place_map.metadata.place_id)
+    metrics = replay_metrics(results, place_map, cfg.radius_m, cfg.recall_ns)
     report = {
         "tool": "dsformer-vpr replay",
         "name": cfg.name or (Path(cfg.checkpoint).stem if cfg.method == "dsformer" else cfg.method),
