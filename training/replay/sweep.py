@@ -264,7 +264,8 @@ def plot_sweep(report: dict[str, Any], path: Path) -> None:
     rows = report["rows"]
     x = [r["value"] for r in rows]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    ax.plot(x, [100 * (r["availability"] or 0.0) for r in rows], "o-", color="tab:blue", label="availability (on map)")
+    availability = [np.nan if r["availability"] is None else 100 * r["availability"] for r in rows]  # no on-map drive
+    ax.plot(x, availability, "o-", color="tab:blue", label="availability (on map)")
     ax.set_xlabel(report["setting"])
     ax.set_ylabel("availability on the map (%)", color="tab:blue")
     ax.set_ylim(0, 100)
