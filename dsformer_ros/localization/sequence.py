@@ -55,6 +55,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -74,6 +75,16 @@ TRACK_ABOVE_BACKGROUND = 2.0
 # The frames' agreement with the concentrated places is a running sum with this decay per frame (its carried credit
 # capped, see _decide): one poor view after agreeing ones does not stop the fixes, a view that contradicts them does.
 AGREEMENT_DECAY = 0.5
+# A car drives along its road: the heading it carries relative to a place's heading (from odometry turns) relaxes
+# towards the road's over this distance (m), which also bounds what odometry heading drift can add to it.
+HEADING_RELAX_M = 50.0
+# Off-map tracks (mass that drove off the mapped roads at a known pose) are merged within this cell (m) and heading
+# bin, at most MAX_OFF_MAP_TRACKS are kept, and one whose position is no better known than OFF_MAP_TRACK_MAX_SIGMA_M
+# joins the off-map mass of unknown position.
+OFF_MAP_CELL_M = 5.0
+OFF_MAP_HEADING_BINS = 8
+MAX_OFF_MAP_TRACKS = 64
+OFF_MAP_TRACK_MAX_SIGMA_M = 60.0
 
 
 @dataclass
@@ -144,10 +155,15 @@ class SequenceConfig:
         "old place stops matching: no fix from it).", low=0.0, high=1.0, section=SEQUENCE,
     )
     agreement_evidence: float = setting(
-        1.0, "A fix also needs the recent frames to favour the concentrated places over unrelated ones by this "
+        0.5, "A fix also needs the recent frames to favour the concentrated places over unrelated ones by this "
         "log-likelihood ratio (prior-weighted, a running sum halved every frame); 0: merely not against them "
         "(then the first frame after a kidnap can still give a fix).",
         low=0.0, high=20.0, section=SEQUENCE,
+    )
+    contradiction_evidence: float = setting(
+        0.75, "A fix is not started on a frame that scores the concentrated places below unrelated ones by more than "
+        "this log-likelihood ratio (nats), whatever credit earlier frames carry: the first view after a kidnap "
+        "contradicts the places the robot was tracked on.", low=0.0, high=20.0, section=SEQUENCE,
     )
     keep_evidence: float = setting(
         0.0, "An ongoing fix (the previous frame gave one) is kept on a frame whose best-scoring place lies among "
@@ -176,6 +192,80 @@ class SequenceConfig:
             raise ConfigError("kidnap_probability + leave_probability must stay below 1")
         if self.kidnap_probability + self.return_probability + self.forget_probability > 1.0:
             raise ConfigError("kidnap_probability + return_probability + forget_probability must not exceed 1")
+
+
+@dataclass
+class OffMapTracks:
+    """Belief mass that left the map by driving (past the end of a mapped road, or turning where the map has no
+    road), kept at the pose where it left and moved by the odometry like the robot (dead reckoning): it comes back
+    onto the map only where its pose meets a mapped road in the mapped direction."""
+
+    xy: np.ndarray  # (M, 2) UTM
+    yaw: np.ndarray  # (M,) ENU heading (rad)
+    sigma: np.ndarray  # (M,) position sigma (m)
+    mass: np.ndarray  # (M,)
+
+    @classmethod
+    def empty(cls) -> "OffMapTracks":
+        """No track."""
+        return cls(np.zeros((0, 2)), np.zeros(0), np.zeros(0), np.zeros(0))
+
+    def total(self) -> float:
+        """Mass of all tracks."""
+        return float(self.mass.sum())
+
+    def move(self, motion: Motion, noise_m: float, noise_fraction: float) -> None:
+        """Dead-reckon every track by the motion (robot frame); its position sigma grows by `noise_fraction` of the
+        distance (scale error and heading drift accumulate) and `noise_m` per step (independent noise)."""
+        c, s = np.cos(self.yaw), np.sin(self.yaw)
+        self.xy = self.xy + np.column_stack([c * motion.dx - s * motion.dy, s * motion.dx + c * motion.dy])
+        self.yaw = self.yaw + motion.dyaw
+        self.sigma = np.hypot(self.sigma + noise_fraction * motion.distance, noise_m)
+
+    def add(self, xy: np.ndarray, yaw: np.ndarray, sigma: np.ndarray, mass: np.ndarray) -> float:
+        """Add tracks, merge those sharing a cell and heading bin, keep the largest; the mass given up (too many
+        tracks, or positions no longer known) is returned for the off-map mass of unknown position."""
+        xy = np.vstack([self.xy, xy])
+        yaw = np.concatenate([self.yaw, yaw])
+        sigma = np.concatenate([self.sigma, sigma])
+        mass = np.concatenate([self.mass, mass])
+        keep = mass > 0
+        xy, yaw, sigma, mass = xy[keep], yaw[keep], sigma[keep], mass[keep]
+        if mass.size == 0:
+            self.xy, self.yaw, self.sigma, self.mass = xy, yaw, sigma, mass
+            return 0.0
+        bins = np.floor((np.mod(yaw, 2.0 * math.pi)) / (2.0 * math.pi) * OFF_MAP_HEADING_BINS).astype(np.int64)
+        keys = np.column_stack([np.floor(xy / OFF_MAP_CELL_M).astype(np.int64), bins])
+        _, group = np.unique(keys, axis=0, return_inverse=True)
+        group = group.reshape(-1)
+        total = np.bincount(group, weights=mass)
+        mean = np.column_stack([np.bincount(group, weights=mass * xy[:, k]) / total for k in (0, 1)])
+        heading = np.arctan2(np.bincount(group, weights=mass * np.sin(yaw)), np.bincount(group, weights=mass * np.cos(yaw)))
+        spread = np.sum((xy - mean[group]) ** 2, axis=1)
+        var = np.bincount(group, weights=mass * (sigma**2 + spread)) / total
+        self.xy, self.yaw, self.sigma, self.mass = mean, heading, np.sqrt(var), total
+        order = np.argsort(-self.mass)
+        keep = np.zeros(self.mass.size, dtype=bool)
+        keep[order[:MAX_OFF_MAP_TRACKS]] = True
+        keep &= self.sigma <= OFF_MAP_TRACK_MAX_SIGMA_M
+        given_up = float(self.mass[~keep].sum())
+        self.xy, self.yaw, self.sigma, self.mass = self.xy[keep], self.yaw[keep], self.sigma[keep], self.mass[keep]
+        return given_up
+
+
+class Transition(NamedTuple):
+    """One motion step of some sources: the mass moved onto the places (N,), the mass-weighted offsets (N, 2) of the
+    predictions that landed on each place (their sum; zero without odometry), the mass-weighted (sin, cos) of their
+    headings relative to the place's (N, 2), and per source the mass that found no place with the pose it
+    left with (predicted position (S, 2), heading (S,), NaN where unknown, and its sigma)."""
+
+    mass: np.ndarray
+    offsets: np.ndarray
+    headings: np.ndarray
+    leaked: np.ndarray
+    centre: np.ndarray
+    heading: np.ndarray
+    sigma: float
 
 
 @dataclass
@@ -257,7 +347,9 @@ class SequenceLocalizer:
         self.belief = np.full(self.n, 0.5 / self.n)
         self.unmatched = np.zeros(self.n)
         self.offset = np.zeros((self.n, 2))  # where each place's mass lies relative to the place (m, UTM)
-        self.lost = 0.5
+        self.heading_offset = np.zeros(self.n)  # the robot's heading there minus the place's heading (rad)
+        self.lost_anywhere = 0.5  # off the map, position unknown
+        self.tracks = OffMapTracks.empty()  # off the map where it drove off (dead-reckoned)
         self._prior = self.belief.copy()
         self._llr = np.zeros(self.n)
         self._agreement = 0.0
@@ -269,6 +361,11 @@ class SequenceLocalizer:
     def add_odometry(self, stamp_ns: int, x: float, y: float, yaw: float) -> str:
         """Store one odometry pose (its own frame); '' when accepted, else why it was ignored (also counted)."""
         return self.odometry.add(stamp_ns, x, y, yaw)
+
+    @property
+    def lost(self) -> float:
+        """Share of the belief off the map: where it drove off (tracked) or anywhere."""
+        return self.lost_anywhere + self.tracks.total()
 
     @property
     def off_map(self) -> float:
@@ -324,61 +421,116 @@ class SequenceLocalizer:
         return motion, dt_s
 
     def _predict(self, motion: Motion | None, dt_s: float | None) -> None:
-        """Motion step: move tracked mass (matched and unmatched), spread what finds no place, apply the hazards."""
+        """Motion step: move tracked mass (matched and unmatched) and the off-map tracks, keep what drove off the map
+        as a track (anywhere without odometry), bring tracks that meet a mapped road back, apply the hazards."""
         cfg = self.config
         background = cfg.kidnap_probability / self.n
         sources = np.flatnonzero(np.maximum(self.belief, self.unmatched) > TRACK_ABOVE_BACKGROUND * background)
         if sources.size == 0:
             sources = np.array([int(np.argmax(self.belief + self.unmatched))])
         lost = 0.0
-        moved = []
+        moved, leaving = [], []
         staying = self.belief + self.unmatched
         staying[sources] = 0.0
         position_sum = staying[:, None] * self.offset
+        heading_sum = staying[:, None] * np.column_stack([np.sin(self.heading_offset), np.cos(self.heading_offset)])
         for part in (self.belief, self.unmatched):
             out = part.copy()
             out[sources] = 0.0
-            target, arrived, leaked = self._transition(sources, part[sources], motion, dt_s)
-            moved.append(out + target)
-            position_sum += arrived
-            lost += leaked
+            step = self._transition(sources, part[sources], motion, dt_s)
+            moved.append(out + step.mass)
+            position_sum += step.offsets
+            heading_sum += step.headings
+            leaving.append(step)
         matched, unmatched = moved
+        if motion is not None:
+            self.tracks.move(motion, cfg.odometry_noise_m, cfg.odometry_noise_fraction)
+            returned = self._track_return()
+            matched = matched + returned
+            heading_sum[:, 1] += returned
+            # Mass whose views matched drove off the map where it left it; mass whose views had stopped matching
+            # may be anywhere (kidnapped), so it leaves the map without a position.
+            drove, doubted = leaving
+            known = np.isfinite(drove.heading)
+            lost += float(drove.leaked[~known].sum()) + float(doubted.leaked.sum())
+            lost += self.tracks.add(drove.centre[known], drove.heading[known], np.full(int(known.sum()), drove.sigma),
+                                    drove.leaked[known])
+        else:
+            lost += sum(float(t.leaked.sum()) for t in leaving) + self.tracks.total()
+            self.tracks = OffMapTracks.empty()
         here = matched + unmatched
         self.offset = position_sum / np.where(here > 0, here, 1.0)[:, None]
+        relax = math.exp(-motion.distance / HEADING_RELAX_M) if motion is not None else 0.0
+        heading_offset = np.arctan2(heading_sum[:, 0], heading_sum[:, 1])
+        along = np.abs(heading_offset) <= 2.0 * self.heading_sigma  # on its road: drift and lane changes relax
+        self.heading_offset = np.where(along, heading_offset * relax, heading_offset)
         length = np.linalg.norm(self.offset, axis=1)
         self.offset *= np.minimum(1.0, self.spacing_m / np.maximum(length, 1e-12))[:, None]
         leave, kidnap, back = cfg.leave_probability, cfg.kidnap_probability, cfg.return_probability
         forget = cfg.forget_probability
-        total = matched.sum() + unmatched.sum() + self.lost + lost
-        off = self.lost + lost
+        off = self.lost_anywhere + lost
+        total = matched.sum() + unmatched.sum() + off + self.tracks.total()
         self.belief = matched * (1.0 - leave - kidnap) + back * unmatched + (kidnap * total + back * off) / self.n
         self.unmatched = unmatched * (1.0 - back - kidnap - forget) + leave * matched
-        self.lost = off * (1.0 - kidnap - back) + forget * unmatched.sum()
+        self.lost_anywhere = off * (1.0 - kidnap - back) + forget * unmatched.sum()
+        self.tracks.mass = self.tracks.mass * (1.0 - kidnap)
         spread = (kidnap * total + back * off) / self.n  # arrives anywhere in the place's cell: no offset
         here = self.belief + self.unmatched
-        self.offset *= ((here - spread) / np.maximum(here, 1e-300)).clip(0.0, 1.0)[:, None]
-        norm = self.belief.sum() + self.unmatched.sum() + self.lost
-        self.belief /= norm
-        self.unmatched /= norm
-        self.lost /= norm
+        kept = ((here - spread) / np.maximum(here, 1e-300)).clip(0.0, 1.0)
+        self.offset *= kept[:, None]
+        self.heading_offset *= kept
+        self._normalise(self.belief.sum() + self.unmatched.sum() + self.lost)
+
+    def _normalise(self, total: float) -> None:
+        """Divide every part of the belief by `total`."""
+        self.belief /= total
+        self.unmatched /= total
+        self.lost_anywhere /= total
+        self.tracks.mass = self.tracks.mass / total
+
+    def _track_return(self) -> np.ndarray:
+        """(N,) mass of the off-map tracks that came back onto the map: a track whose pose meets mapped places
+        heading its way (within 2 sigma of the heading tolerance) moves there, in the share of its position's
+        likelihood at the best of them; the rest stays off the map."""
+        tracks = self.tracks
+        out = np.zeros(self.n)
+        if tracks.mass.size == 0:
+            return out
+        width = np.hypot(tracks.sigma, self.spacing_m)
+        src, tgt = _ball_pairs(self.tree, tracks.xy, 3.0 * width)
+        if src.size == 0:
+            return out
+        miss = np.linalg.norm(self.xy[tgt] - tracks.xy[src], axis=1)
+        yaw_t = self.yaw[tgt]
+        heading_ok = ~np.isfinite(yaw_t) | (np.abs(_angle_diff(yaw_t, tracks.yaw[src])) <= 2.0 * self.heading_sigma)
+        w = np.exp(-0.5 * (miss / width[src]) ** 2) * heading_ok
+        share = np.zeros(tracks.mass.size)
+        np.maximum.at(share, src, w)
+        norm = np.bincount(src, weights=w, minlength=tracks.mass.size)
+        give = tracks.mass * share
+        out = np.bincount(tgt, weights=w / np.where(norm[src] > 0, norm[src], 1.0) * give[src], minlength=self.n)
+        tracks.mass = tracks.mass - give
+        return out
 
     def _transition(
         self, sources: np.ndarray, mass: np.ndarray, motion: Motion | None, dt_s: float | None
-    ) -> tuple[np.ndarray, np.ndarray, float]:
-        """Mass of `sources` moved to the places (N,), the mass-weighted offsets (N, 2) of the predictions that
-        landed on each place from it (their sum; zero without odometry), and the mass that found no place."""
+    ) -> Transition:
+        """Where the mass of `sources` goes (see Transition)."""
         cfg = self.config
         yaw_s = self.yaw[sources]
         known = np.isfinite(yaw_s)
         yaw_k = np.where(known, yaw_s, 0.0)
         unit = np.column_stack([np.cos(yaw_k), np.sin(yaw_k)])
+        heading = np.full(sources.size, np.nan)
         if motion is not None:
+            robot = yaw_k + self.heading_offset[sources]
+            heading = np.where(known, robot + motion.dyaw, np.nan)
             # A robot off a place's line (another lane) by up to the place's extent moves differently in a turn.
             # The places' own positions are known to about a keyframe spacing (GPS noise of the mapping drive).
             sigma = cfg.odometry_noise_m + cfg.odometry_noise_fraction * motion.distance + self.spacing_m \
                 + self.extent_sigma_m * abs(motion.dyaw)
-            step = np.column_stack([unit[:, 0] * motion.dx - unit[:, 1] * motion.dy,
-                                    unit[:, 1] * motion.dx + unit[:, 0] * motion.dy])
+            step = np.column_stack([np.cos(robot) * motion.dx - np.sin(robot) * motion.dy,
+                                    np.sin(robot) * motion.dx + np.cos(robot) * motion.dy])
             start = self.xy[sources] + self.offset[sources]
             centre = np.where(known[:, None], start + step, start)
             reach = np.where(known, 0.0, motion.distance)
@@ -392,8 +544,9 @@ class SequenceLocalizer:
         src, tgt = _ball_pairs(self.tree, centre, reach + 3.0 * sigma + self.spacing_m)
         out = np.zeros(self.n)
         arrived = np.zeros((self.n, 2))
+        arrived_heading = np.zeros((self.n, 2))
         if src.size == 0:
-            return out, arrived, float(mass.sum())
+            return Transition(out, arrived, arrived_heading, mass.copy(), centre, heading, float(sigma))
         p_t = self.xy[tgt]
         origin = self.xy[sources][src]
         if motion is not None:
@@ -407,12 +560,14 @@ class SequenceLocalizer:
             miss = np.where(known[src], d_segment, d_disc)
         g = np.exp(-0.5 * (miss / sigma) ** 2)
         yaw_t = self.yaw[tgt]
-        turn_err = _angle_diff(yaw_t, yaw_s[src] + turn)
+        turn_err = _angle_diff(yaw_t, yaw_s[src] + self.heading_offset[sources][src] + turn)
         h = np.where(known[src] & np.isfinite(yaw_t), np.exp(-0.5 * (turn_err / heading_sigma) ** 2), 1.0)
         w = g * h
         norm = np.bincount(src, weights=w, minlength=sources.size)
         width = np.sqrt(sigma**2 + (2.0 * reach) ** 2 / 12.0)
         retained = self._coverage(sources, src, tgt, g, h, centre, unit, known, width)
+        if motion is not None:
+            retained = retained * self._heading_compatible(sources.size, src, g, h, known)
         ok = norm > 0
         share = np.where(ok[src], w / np.where(norm[src] > 0, norm[src], 1.0), 0.0)
         carried = mass * retained
@@ -422,7 +577,24 @@ class SequenceLocalizer:
             landed = np.where(known[src, None], centre[src] - p_t, 0.0)
             arrived[:, 0] = np.bincount(tgt, weights=weight * landed[:, 0], minlength=self.n)
             arrived[:, 1] = np.bincount(tgt, weights=weight * landed[:, 1], minlength=self.n)
-        return out, arrived, float((mass - np.where(ok, carried, 0.0)).sum())
+            relative = np.where(np.isfinite(turn_err), -turn_err, 0.0)
+            arrived_heading[:, 0] = np.bincount(tgt, weights=weight * np.sin(relative), minlength=self.n)
+            arrived_heading[:, 1] = np.bincount(tgt, weights=weight * np.cos(relative), minlength=self.n)
+        return Transition(out, arrived, arrived_heading, mass - np.where(ok, carried, 0.0), centre, heading,
+                          float(sigma))
+
+    @staticmethod
+    def _heading_compatible(count: int, src: np.ndarray, g: np.ndarray, h: np.ndarray, known: np.ndarray) -> np.ndarray:
+        """(sources,) share of each source's mass that turned as the map's roads do: the best position weight among
+        places whose heading lies within 2 sigma of the robot's predicted heading, over the best among all places. A
+        robot that turned into a street the map has no places for finds only places heading another way: its mass
+        leaves the map instead of being pushed onto them."""
+        best = np.zeros(count)
+        best_compatible = np.zeros(count)
+        np.maximum.at(best, src, g)
+        np.maximum.at(best_compatible, src, g * (h >= math.exp(-2.0)))
+        share = np.where(best > 0, best_compatible / np.maximum(best, 1e-300), 0.0)
+        return np.where(known, share, 1.0)
 
     def _coverage(self, sources: np.ndarray, src: np.ndarray, tgt: np.ndarray, g: np.ndarray, h: np.ndarray,
                   centre: np.ndarray, unit: np.ndarray, known: np.ndarray, width: np.ndarray) -> np.ndarray:
@@ -467,14 +639,13 @@ class SequenceLocalizer:
         self._llr = llr
         self.belief = self.belief * np.exp(llr - top)
         self.unmatched = self.unmatched * math.exp(-top)
-        self.lost = self.lost * math.exp(-top)
+        self.lost_anywhere = self.lost_anywhere * math.exp(-top)
+        self.tracks.mass = self.tracks.mass * math.exp(-top)
         total = self.belief.sum() + self.unmatched.sum() + self.lost
         if not total > 0 or not math.isfinite(total):
             self._clear()
             return
-        self.belief /= total
-        self.unmatched /= total
-        self.lost /= total
+        self._normalise(total)
 
     def _decide(self, rows: np.ndarray, scores: np.ndarray, odometry_used: bool) -> SequenceDecision:
         """Fix when the belief is concentrated and the frames agree with it; state and reason either way."""
@@ -496,8 +667,9 @@ class SequenceLocalizer:
         # view scoring the places at the model's floor): such a frame (a kidnap) always stops the fixes.
         contradiction = math.log((1.0 - self.alias_rate) / cfg.outlier_probability)
         carried = min(AGREEMENT_DECAY * self._agreement, contradiction / 2.0)
-        self._agreement = math.log(max(support, 1e-300)) + carried
-        confirms = self._agreement >= cfg.agreement_evidence
+        frame_evidence = math.log(max(support, 1e-300))
+        self._agreement = frame_evidence + carried
+        confirms = self._agreement >= cfg.agreement_evidence and frame_evidence >= -cfg.contradiction_evidence
         keeps = self._fixing and self._agreement >= cfg.keep_evidence and self._best_match_among(rows, near)
         self._fixing = mass >= cfg.fix_mass and matched >= cfg.matched_share * mass and self.lost < 0.5 \
             and (confirms or keeps)
