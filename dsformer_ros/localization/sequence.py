@@ -155,7 +155,7 @@ class SequenceConfig:
         "old place stops matching: no fix from it).", low=0.0, high=1.0, section=SEQUENCE,
     )
     agreement_evidence: float = setting(
-        0.5, "A fix also needs the recent frames to favour the concentrated places over unrelated ones by this "
+        0.25, "A fix also needs the recent frames to favour the concentrated places over unrelated ones by this "
         "log-likelihood ratio (prior-weighted, a running sum halved every frame); 0: merely not against them "
         "(then the first frame after a kidnap can still give a fix).",
         low=0.0, high=20.0, section=SEQUENCE,
