@@ -43,3 +43,8 @@ def test_small_demo_trained_model_beats_baselines(tmp_path: Path) -> None:
     assert drive["off_map_after_m"] == 150 and drive["frames_off_map"] > 0  # the small route leaves at half way
     assert 0 <= leaving["fixes_off_map"] == drive["fixes_off_map"] <= drive["frames_off_map"]
     assert leaving["with_fix_off_map"] == int(drive["fixes_off_map"] > 0) and "off-map sweep" in leaving["text"]
+    holdout = report["localization"]["holdout_routes"]
+    (route,) = holdout["routes"]  # route 2: its own map, query, kidnapped and off-map drives
+    assert route["route_seed"] == 2 and route["on_map_drives"] == 1 and 0.0 <= route["availability"] <= 1.0
+    assert route["kidnapped_drives"] >= 1 and route["off_map_drives"] >= 1 and "route 2:" in holdout["text"]
+    assert (out / "routes" / "route_2" / "sweep" / "sweep.json").is_file()

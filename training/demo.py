@@ -10,7 +10,10 @@
 5. a table (Recall@1/5/10, accepted-fix precision, latency p50/p95) and `<out>/report.json` with figures;
 6. localization: the query drive, a kidnapped and an off-map drive (all with drifting wheel odometry) replayed
    offline with the single_frame and the sequence localizer, the issue-11 goals side by side (`demo_localization`)
-   and `error_vs_sigma.png`.
+   and `error_vs_sigma.png`;
+7. more routes (`holdout_routes`): each mapped and driven like the query route, every drive replayed with the
+   sequence localizer at its defaults (`dsformer-vpr sweep` at one value), so the settings chosen on the demo's
+   route are judged on routes they were not chosen on.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from dsformer_ros.common.atomic import atomic_write_text
 from dsformer_ros.common.cli import add_config_flags, config_from_args
 from dsformer_ros.common.config import ConfigError, load_config, to_dict
 from dsformer_ros.common.params import setting
+from dsformer_ros.localization.sequence import SequenceConfig
 from dsformer_ros.model.checkpoint import read_checkpoint, save_checkpoint
 from dsformer_ros.model.loading import untrained_model
 from training.demo_localization import (
@@ -48,6 +52,7 @@ from training.eval.plots import plot_recall_curves
 from training.maps.build_map import BuildMapConfig, build_map
 from training.replay.config import ReplayConfig
 from training.replay.replay import REPORT, json_default, run_replay
+from training.replay.sweep import SweepConfig, row_text, run_sweep
 from training.synth.config import SynthConfig
 from training.synth.drive import write_drive
 from training.train.config import TrainConfig
@@ -83,6 +88,10 @@ class DemoConfig:
     query_fps: float = 2.0
     kidnap_sweep: int = 10  # more kidnapped drives, the jump spread evenly over the route (0: none)
     off_map_sweep: int = 5  # more off-map drives, each leaving the route at another point (0: none)
+    # More routes of the town (route seeds), each mapped and driven like the demo's own (query, kidnapped and off-map
+    # drives, the same sweeps), replayed with the sequence localizer at its defaults: its settings were chosen on the
+    # demo's route, these say whether they hold elsewhere.
+    holdout_routes: list[int] = dataclasses.field(default_factory=lambda: [2, 3])
     # Training iterations in total: at 400 the loss was still falling fast (epoch means 17.8, 13.6, 11.2, 9.4) and
     # Recall@1 on the dusk query drive was 62 %; 800 give 79 %, 1200 no more (78 %), measured on this demo.
     iterations: int = 800
@@ -118,7 +127,7 @@ def small_preset() -> dict[str, Any]:
     """The test's smaller pipeline: a 3x3-block town, short drives, fewer iterations."""
     return {"blocks": 3, "width": 192, "height": 144, "image_size": 128, "train_conditions": ["day", "dusk", "night"],
             "train_length_m": 1500.0, "route_length_m": 300.0, "iterations": 120, "epochs": 2, "batch_size": 16,
-            "check_offline": True, "kidnap_sweep": 2, "off_map_sweep": 1}
+            "check_offline": True, "kidnap_sweep": 2, "off_map_sweep": 1, "holdout_routes": [2]}
 
 
 class Steps:
@@ -151,6 +160,20 @@ def _drive(cfg: DemoConfig, reuse: bool, **fields: Any) -> str:
     return str(target)
 
 
+def route_drives(cfg: DemoConfig, route_seed: int, out: Path) -> dict[str, Any]:
+    """The mapping bag, the query bag and the kidnapped and off-map drives (with their sweeps) of one route."""
+    mapping = _drive(cfg, cfg.reuse, route="random", route_seed=route_seed, condition=cfg.map_condition,
+                     lane_offset_m=1.75, length_m=cfg.route_length_m, fps=cfg.map_fps, drive_seed=1,
+                     out=str(out / "bags" / f"mapping_{cfg.map_condition}"))
+    query_fields = dict(route="random", route_seed=route_seed, condition=cfg.query_condition,
+                        lane_offset_m=cfg.query_lane_offset_m, length_m=cfg.route_length_m, fps=cfg.query_fps,
+                        drive_seed=2, start_time_s=1_700_003_600.0)
+    query = _drive(cfg, cfg.reuse, **query_fields, out=str(out / "bags" / f"query_{cfg.query_condition}"))
+    special = special_drives(lambda **f: _drive(cfg, cfg.reuse, **f), out, query_fields, cfg.route_length_m,
+                             cfg.kidnap_sweep, cfg.off_map_sweep)
+    return {"mapping_bag": mapping, "query_bag": query, **special}
+
+
 def make_drives(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     """Training '@' folders (one per condition), the mapping bag and the query bag."""
     train_dirs = []
@@ -159,16 +182,7 @@ def make_drives(cfg: DemoConfig, out: Path) -> dict[str, Any]:
                                  condition=condition, lane_offset_m=1.75 if k % 2 == 0 else -1.75,
                                  length_m=cfg.train_length_m, fps=cfg.train_fps, drive_seed=100 + k,
                                  export_at=str(out / "train_images" / condition)))
-    mapping = _drive(cfg, cfg.reuse, route="random", route_seed=cfg.route_seed, condition=cfg.map_condition,
-                     lane_offset_m=1.75, length_m=cfg.route_length_m, fps=cfg.map_fps, drive_seed=1,
-                     out=str(out / "bags" / f"mapping_{cfg.map_condition}"))
-    query_fields = dict(route="random", route_seed=cfg.route_seed, condition=cfg.query_condition,
-                        lane_offset_m=cfg.query_lane_offset_m, length_m=cfg.route_length_m, fps=cfg.query_fps,
-                        drive_seed=2, start_time_s=1_700_003_600.0)
-    query = _drive(cfg, cfg.reuse, **query_fields, out=str(out / "bags" / f"query_{cfg.query_condition}"))
-    special = special_drives(lambda **f: _drive(cfg, cfg.reuse, **f), out, query_fields, cfg.route_length_m,
-                             cfg.kidnap_sweep, cfg.off_map_sweep)
-    return {"train_dirs": train_dirs, "mapping_bag": mapping, "query_bag": query, **special}
+    return {"train_dirs": train_dirs, **route_drives(cfg, cfg.route_seed, out)}
 
 
 def train_config(cfg: DemoConfig, train_dirs: list[str], out: Path) -> TrainConfig:
@@ -219,6 +233,31 @@ def make_map(checkpoint: Path | None, mapping_bag: str, out: Path, reuse: bool) 
     build_map(BuildMapConfig(input=mapping_bag, image_topic=IMAGE_TOPIC, device="cpu", out=str(out), restart=True,
                              **method))
     return out
+
+
+def holdout_route(cfg: DemoConfig, route_seed: int, checkpoint: Path, out: Path,
+                  run: Callable[[str, Callable[[], Any]], Any]) -> dict[str, Any]:
+    """One more route: its drives and map, and the sequence localizer at its defaults over all its drives (the
+    sweep's figures at a single value)."""
+    drives = run(f"route {route_seed}: synth drives", lambda: route_drives(cfg, route_seed, out))
+    map_dir = run(f"route {route_seed}: build map", lambda: make_map(checkpoint, drives["mapping_bag"],
+                                                                     out / "maps" / "trained", cfg.reuse))
+    bags = [drives["query_bag"], drives["kidnap_bag"], drives["off_map_bag"], *drives["kidnap_sweep_bags"].values(),
+            *drives["off_map_sweep_bags"].values()]
+    default = SequenceConfig()
+    sweep = SweepConfig(bags=bags, map=str(map_dir), checkpoint=str(checkpoint), image_topic=IMAGE_TOPIC,
+                        odometry_topic=ODOMETRY_TOPIC, radius_m=cfg.radius_m, device="cpu", sequence=default,
+                        vary="agreement_evidence", values=[default.agreement_evidence], out=str(out / "sweep"))
+    (row,) = run(f"route {route_seed}: sequence localizer on {len(bags)} drives", lambda: run_sweep(sweep))["rows"]
+    return {"route_seed": route_seed, **{k: v for k, v in row.items() if k != "value"}}
+
+
+def holdout_text(routes: list[dict[str, Any]]) -> str:
+    """One line per held-out route: its query availability and the kidnapped and off-map drives with wrong fixes."""
+    lines = ["more routes (sequence localizer at its defaults, each route mapped and driven like the demo's):"]
+    for r in routes:
+        lines.append(f"  route {r['route_seed']}: {row_text(r)}")
+    return "\n".join(lines)
 
 
 def _replay_cfg(cfg: DemoConfig, query: str, map_dir: Path, checkpoint: Path | None, mode: str, name: str,
@@ -301,6 +340,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                          drives["kidnap_sweep_bags"], replays / "kidnap_sweep", steps.run, cfg.radius_m)
     leaving = off_map_sweep(_replay_cfg(cfg, query, map_trained, trained, "offline", "", replays),
                             drives["off_map_sweep_bags"], replays / "off_map_sweep", steps.run)
+    routes = [holdout_route(cfg, seed, trained, out / "routes" / f"route_{seed}", steps.run)
+              for seed in cfg.holdout_routes]
     reports["trained"] = steps.run("replay trained (node)", lambda: run_replay(
         _replay_cfg(cfg, query, map_trained, trained, "node", "trained", replays / "trained_node")))
     order = ["trained", "trained (offline)", "untrained", "raw pixels"]
@@ -324,7 +365,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "localization": {"table": localization_table(localization),
                          "runs": {name: r["metrics"] for name, r in localization.items()},
                          "kidnap_sweep": {**sweep, "text": kidnap_sweep_text(sweep)},
-                         "off_map_sweep": {**leaving, "text": off_map_sweep_text(leaving)}},
+                         "off_map_sweep": {**leaving, "text": off_map_sweep_text(leaving)},
+                         "holdout_routes": {"routes": routes, "text": holdout_text(routes)}},
         "figures": ["recall.png", error_vs_sigma_figure(localization, "query", out / FIGURE, cfg.radius_m),
                     *[f"replay/trained_node/{f}" for f in reports["trained"].get("figures", [])]],
         "config": to_dict(cfg),
@@ -358,6 +400,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(report["localization"]["kidnap_sweep"]["text"])
     print(report["localization"]["off_map_sweep"]["text"])
+    print(report["localization"]["holdout_routes"]["text"])
     v = report["verdict"]
     print(f"\ntrained model beats both baselines on Recall@1: {'yes' if v['trained_beats_baselines'] else 'NO'} "
           f"(margins: {', '.join(f'{k} {100 * m:+.1f} pts' for k, m in v['margins'].items())})")

@@ -1,9 +1,9 @@
 """Sequence localization: a discrete Bayes filter over the map's places, moved by odometry, weighed by retrieval.
 
-SeqSLAM's insight, that a sequence of weak matches is a strong match, in probabilistic form. The belief has three
+SeqSLAM's insight, that a sequence of weak matches is a strong match, in probabilistic form. The belief has four
 parts: per map place, "here and the view matches the map" (`belief`) and "here but the view matches nothing"
-(`unmatched`: night, glare, a truck; it keeps the position), plus one "off the map" mass (`lost`: no position). Every
-frame updates it by
+(`unmatched`: night, glare, a truck; it keeps the position); off the map, "where it drove off, dead-reckoned since"
+(`tracks`) and "anywhere" (`lost_anywhere`: no position). Every frame updates it by
 - a motion step: the mass of place i moves to the places near where i's pose composed with the odometry motion
   lands, weighted by position (Gaussian; noise grows with distance, turns and the places' own GPS noise) and by
   heading agreement (a place is a view: its heading, the direction of its mapping drive, is the robot's heading).
@@ -11,9 +11,18 @@ frame updates it by
   search). Each place also carries where within its cell its mass lies (the mass-weighted mean offset of the
   predictions that landed on it), so moving mass between discrete places does not round the position: steps that
   are not a multiple of the keyframe spacing neither stall nor drift the belief, and the fix is the mean of these
-  sub-place positions. Mass whose prediction finds no place with a compatible heading leaves the map. Hazards
-  move a little mass between matched and unmatched, and spread a little over all places (the robot may have been carried
-  elsewhere, or come back onto the map: `kidnap_probability`);
+  sub-place positions. Each place likewise carries the robot's heading relative to the place's (the odometry's turns
+  since the mass arrived; it relaxes over `HEADING_RELAX_M` while it stays within the tolerance, since a car drives
+  along its road): a turn into a street the map has no places for accumulates until no mapped place heads that way,
+  instead of being reset to the road's heading every frame and running on along the mapped road. Mass that finds no
+  place heading its way, or whose prediction lies beyond the end of the mapped road ahead, drove off the map: it
+  leaves as a track at the pose where it left, moved by the odometry like the robot (its position sigma growing by
+  `odometry_noise_fraction` of the distance), and comes back onto the map only where that pose meets mapped places
+  heading its way (the robot drove back onto a mapped road), not uniformly over the map where a look-alike street
+  would pick it up. Mass whose views had stopped matching (`unmatched`) may have been carried anywhere: it leaves
+  without a position. Hazards move a little mass between matched and unmatched, and spread a little over all places
+  (the robot may have been carried elsewhere: `kidnap_probability`; off-map mass of unknown position comes back:
+  `return_probability`);
 - a measurement step: each retrieved place's score becomes a likelihood ratio through the map's fitted
   `SimilarityModel` (dsformer_ros.maps.similarity), relative to the frame's own negative level; places not retrieved
   get the ratio of the last retrieved score (an upper bound), unmatched and off-map mass a ratio of 1. The ratio is
@@ -25,29 +34,28 @@ frame updates it by
 Why places and not particles in UTM: a camera can only say "this looks like place j", so the measurement is defined
 on places; the places already are the reachable, mapped poses with a heading (no particles wasted off the streets,
 no resampling noise, deterministic results), and the off-map mass gives unknown places an explicit probability
-instead of starving a particle cloud. The cost is proportional to the places holding more than the background mass
-(places at the uniform kidnap level stay where they are), not to the map's size.
+instead of starving a particle cloud; only off the map, where no place exists, does the belief keep poses of its own
+(the tracks, merged per 5 m cell and heading bin, at most 64). The cost is proportional to the places holding more
+than the background mass (places at the uniform kidnap level stay where they are), not to the map's size.
 
 A fix is published only when the belief is concentrated: at least `fix_mass` of the on-map belief (matched and
 unmatched) within `fix_radius_m` of the best place, at least `matched_share` of it matching the frames, less than
-half of the whole belief off the map, and the recent frames scoring those places better than unrelated ones by
-`agreement_evidence` (a running log-likelihood ratio that halves every frame). Every fix thus rests on fresh visual
-evidence: none is carried by odometry alone (the localization stack fuses the odometry itself; fixes derived from
-it would count it twice), and a view that does not support the places stops the fixes. The default (1 nat) is
-measured: the first frame after a kidnap and a poor dusk view look alike to a weak model (both score the tracked
-places no better than unrelated ones): with "merely not against them" (0), 14 of 26 kidnapped drives got a fix
-30-190 m off on that first frame with a weaker demo model, 6 of 33 with the current one (95-188 m). Keeping a fix
-asks less than starting one (hysteresis): after a fix, a frame keeps it when its best-scoring place lies among the
-concentrated places and beats an unrelated one, and the running agreement is at least `keep_evidence` (0: not
-against them); a weak view of the right place does not interrupt the fixes, a view matching elsewhere best still
-stops them. Measured with the demo's model: dusk query availability 69.1 -> 72.6 %, with the same 0 of 33 bad
-kidnapped drives and 14 fixes over 8 off-map drives. Mass whose predicted position lies beyond the end
-of the mapped road ahead leaves the map (no position) instead of piling up on the last place; off-map mass comes
-back onto the map uniformly (`return_probability`), and unmatched mass loses its position (`forget_probability`).
-The fix's covariance is the weighted spread of that mass plus half the keyframe spacing (the map's resolution:
-never below it) and the map's own place-position noise (fitted from its places, `position_noise_m`) on x and y,
-plus `lateral_sigma_m` across the heading (the lanes of a road); yaw from
-the circular spread of the places' headings. States: converged (a fix), searching (not concentrated, or the frames
+half of the whole belief off the map, the recent frames scoring those places better than unrelated ones by
+`agreement_evidence` (a running log-likelihood ratio that halves every frame), and the current frame not against
+them by more than `contradiction_evidence`. Every fix thus rests on recent visual evidence: none is carried by
+odometry alone (the localization stack fuses the odometry itself; fixes derived from it would count it twice). The
+first frame after a kidnap and a poor dusk view look alike to a weak model when judged by the running agreement
+(the credit of the earlier frames carries both); judged alone, the first view of the new street scores the tracked
+places 0.8-1.1 nats below unrelated ones, most poor dusk views less: `contradiction_evidence` (0.75) refuses the
+former whatever the credit, and lets `agreement_evidence` go from 1 to 0.25. Keeping a fix asks less than starting
+one (hysteresis): after a fix, a frame keeps it when its best-scoring place lies among the concentrated places and
+beats an unrelated one, and the running agreement is at least `keep_evidence` (0: not against them); a weak view of
+the right place does not interrupt the fixes, a view matching elsewhere best still stops them. Measured with the
+demo's model on its route and two more routes of the town (dusk query availability; kidnapped and off-map drives
+with a wrong fix): see README. The fix's covariance is the weighted spread of that mass plus half the keyframe
+spacing (the map's resolution: never below it) and the map's own place-position noise (fitted from its places,
+`position_noise_m`) on x and y, plus `lateral_sigma_m` across the heading (the lanes of a road); yaw from the
+circular spread of the places' headings. States: converged (a fix), searching (not concentrated, or the frames
 stopped agreeing), lost (most of the belief unmatched or off the map: the frames match no place).
 """
 from __future__ import annotations
@@ -156,8 +164,7 @@ class SequenceConfig:
     )
     agreement_evidence: float = setting(
         0.25, "A fix also needs the recent frames to favour the concentrated places over unrelated ones by this "
-        "log-likelihood ratio (prior-weighted, a running sum halved every frame); 0: merely not against them "
-        "(then the first frame after a kidnap can still give a fix).",
+        "log-likelihood ratio (prior-weighted, a running sum halved every frame); 0: merely not against them.",
         low=0.0, high=20.0, section=SEQUENCE,
     )
     contradiction_evidence: float = setting(
