@@ -424,6 +424,8 @@ def test_turning_into_an_unmapped_street_leaves_the_map_where_it_turned(straight
     assert any(d.fix for d in decisions[:40])
     assert not any(d.fix for d, y in zip(decisions, xy[:, 1]) if y > 25.0)
     assert loc.lost > 0.8 and loc.tracks.total() > 0.5
+    status = loc.status()
+    assert status["sequence_off_map_tracked"] > 0.5 and "drove off the mapped roads" in status["sequence_reason"]
     tracks = loc.tracks
     where = (tracks.mass[:, None] * tracks.xy).sum(axis=0) / tracks.total()
     sigma = float((tracks.mass * tracks.sigma).sum() / tracks.total())

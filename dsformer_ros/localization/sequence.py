@@ -387,6 +387,7 @@ class SequenceLocalizer:
             "sequence_reason": last.reason if last else "no frame yet",
             "sequence_concentrated_mass": last.concentrated_mass if last else 0.0,
             "sequence_off_map_mass": last.off_map_mass if last else self.off_map,
+            "sequence_off_map_tracked": self.tracks.total(),
             "sequence_frames": self.frames,
             "sequence_frames_without_odometry": self.frames_without_odometry,
             "sequence_resets": self.resets,
@@ -687,8 +688,10 @@ class SequenceLocalizer:
                      f"of place {int(self.place_ids[best])}, {100 * matched / mass:.0f}% of it matching the frames{how}"
             return SequenceDecision(fix, CONVERGED, reason, mass, off, odometry_used)
         if off >= 0.5:
-            reason = f"lost: {100 * off:.1f}% of the belief says the frames match no map place " \
-                     "(off the map, kidnapped, or an unfamiliar view)"
+            tracked = self.tracks.total()
+            why = f"{100 * tracked:.1f}% where the robot drove off the mapped roads, followed by odometry" \
+                if tracked >= 0.5 * off else "off the map, kidnapped, or an unfamiliar view"
+            reason = f"lost: {100 * off:.1f}% of the belief says the frames match no map place ({why})"
             return SequenceDecision(None, LOST, reason, mass, off, odometry_used)
         if mass >= cfg.fix_mass and not confirms:
             reason = "searching: the belief is concentrated but the recent frames score its places no better " \
