@@ -66,8 +66,8 @@ IMAGE_TOPIC = "/camera/image_raw"
 
 @dataclasses.dataclass
 class DemoConfig:
-    """Sizes and seeds of the demo; the defaults take 13-21 minutes on a 2-core CPU (Zen 4 to Zen 3), `--small` is
-    the test's."""
+    """Sizes and seeds of the demo; the defaults take 11 minutes on a 2-core AVX-512 Xeon (more on a Zen 3, see
+    README), `--small` is the test's."""
 
     out: str = setting("runs/demo", "output folder")
     train_config: str = ""  # base training config; "" = training/configs/lite0_cpu.yaml
