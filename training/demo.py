@@ -66,7 +66,7 @@ IMAGE_TOPIC = "/camera/image_raw"
 
 @dataclasses.dataclass
 class DemoConfig:
-    """Sizes and seeds of the demo; the defaults take 11 minutes on a 2-core AVX-512 Xeon (more on a Zen 3, see
+    """Sizes and seeds of the demo; the defaults take 14 minutes on a 2-core AVX-512 Xeon (more on a Zen 3, see
     README), `--small` is the test's."""
 
     out: str = setting("runs/demo", "output folder")
