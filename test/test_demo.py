@@ -46,5 +46,6 @@ def test_small_demo_trained_model_beats_baselines(tmp_path: Path) -> None:
     holdout = report["localization"]["holdout_routes"]
     (route,) = holdout["routes"]  # route 2: its own map, query, kidnapped and off-map drives
     assert route["route_seed"] == 2 and route["on_map_drives"] == 1 and 0.0 <= route["availability"] <= 1.0
+    assert route["query_availability"] == route["availability"]  # its only on-map drive is the query drive
     assert route["kidnapped_drives"] >= 1 and route["off_map_drives"] >= 1 and "route 2:" in holdout["text"]
     assert (out / "routes" / "route_2" / "sweep" / "sweep.json").is_file()

@@ -86,6 +86,9 @@ AGREEMENT_DECAY = 0.5
 # A car drives along its road: the heading it carries relative to a place's heading (from odometry turns) relaxes
 # towards the road's over this distance (m), which also bounds what odometry heading drift can add to it.
 HEADING_RELAX_M = 50.0
+# A place heads the robot's way when its heading lies within this many heading sigmas of the robot's.
+COMPATIBLE_SIGMAS = 2.0
+COMPATIBLE_H = math.exp(-0.5 * COMPATIBLE_SIGMAS**2)  # the heading weight at that angle
 # Off-map tracks (mass that drove off the mapped roads at a known pose) are merged within this cell (m) and heading
 # bin, at most MAX_OFF_MAP_TRACKS are kept, and one whose position is no better known than OFF_MAP_TRACK_MAX_SIGMA_M
 # joins the off-map mass of unknown position.
@@ -247,7 +250,8 @@ class OffMapTracks:
         group = group.reshape(-1)
         total = np.bincount(group, weights=mass)
         mean = np.column_stack([np.bincount(group, weights=mass * xy[:, k]) / total for k in (0, 1)])
-        heading = np.arctan2(np.bincount(group, weights=mass * np.sin(yaw)), np.bincount(group, weights=mass * np.cos(yaw)))
+        heading = np.arctan2(np.bincount(group, weights=mass * np.sin(yaw)),
+                             np.bincount(group, weights=mass * np.cos(yaw)))
         spread = np.sum((xy - mean[group]) ** 2, axis=1)
         var = np.bincount(group, weights=mass * (sigma**2 + spread)) / total
         self.xy, self.yaw, self.sigma, self.mass = mean, heading, np.sqrt(var), total
@@ -470,7 +474,7 @@ class SequenceLocalizer:
         self.offset = position_sum / np.where(here > 0, here, 1.0)[:, None]
         relax = math.exp(-motion.distance / HEADING_RELAX_M) if motion is not None else 0.0
         heading_offset = np.arctan2(heading_sum[:, 0], heading_sum[:, 1])
-        along = np.abs(heading_offset) <= 2.0 * self.heading_sigma  # on its road: drift and lane changes relax
+        along = np.abs(heading_offset) <= COMPATIBLE_SIGMAS * self.heading_sigma  # on its road: drift, lanes relax
         self.heading_offset = np.where(along, heading_offset * relax, heading_offset)
         length = np.linalg.norm(self.offset, axis=1)
         self.offset *= np.minimum(1.0, self.spacing_m / np.maximum(length, 1e-12))[:, None]
@@ -510,7 +514,8 @@ class SequenceLocalizer:
             return out
         miss = np.linalg.norm(self.xy[tgt] - tracks.xy[src], axis=1)
         yaw_t = self.yaw[tgt]
-        heading_ok = ~np.isfinite(yaw_t) | (np.abs(_angle_diff(yaw_t, tracks.yaw[src])) <= 2.0 * self.heading_sigma)
+        turned = np.abs(_angle_diff(yaw_t, tracks.yaw[src]))
+        heading_ok = ~np.isfinite(yaw_t) | (turned <= COMPATIBLE_SIGMAS * self.heading_sigma)
         w = np.exp(-0.5 * (miss / width[src]) ** 2) * heading_ok
         share = np.zeros(tracks.mass.size)
         np.maximum.at(share, src, w)
@@ -529,10 +534,10 @@ class SequenceLocalizer:
         known = np.isfinite(yaw_s)
         yaw_k = np.where(known, yaw_s, 0.0)
         unit = np.column_stack([np.cos(yaw_k), np.sin(yaw_k)])
+        robot = yaw_s + self.heading_offset[sources]  # the robot's heading: the place's plus what it carries
         heading = np.full(sources.size, np.nan)
         if motion is not None:
-            robot = yaw_k + self.heading_offset[sources]
-            heading = np.where(known, robot + motion.dyaw, np.nan)
+            heading = robot + motion.dyaw
             # A robot off a place's line (another lane) by up to the place's extent moves differently in a turn.
             # The places' own positions are known to about a keyframe spacing (GPS noise of the mapping drive).
             sigma = cfg.odometry_noise_m + cfg.odometry_noise_fraction * motion.distance + self.spacing_m \
@@ -568,7 +573,7 @@ class SequenceLocalizer:
             miss = np.where(known[src], d_segment, d_disc)
         g = np.exp(-0.5 * (miss / sigma) ** 2)
         yaw_t = self.yaw[tgt]
-        turn_err = _angle_diff(yaw_t, yaw_s[src] + self.heading_offset[sources][src] + turn)
+        turn_err = _angle_diff(yaw_t, (robot + turn)[src])
         h = np.where(known[src] & np.isfinite(yaw_t), np.exp(-0.5 * (turn_err / heading_sigma) ** 2), 1.0)
         w = g * h
         norm = np.bincount(src, weights=w, minlength=sources.size)
@@ -592,7 +597,8 @@ class SequenceLocalizer:
                           float(sigma))
 
     @staticmethod
-    def _heading_compatible(count: int, src: np.ndarray, g: np.ndarray, h: np.ndarray, known: np.ndarray) -> np.ndarray:
+    def _heading_compatible(count: int, src: np.ndarray, g: np.ndarray, h: np.ndarray,
+                            known: np.ndarray) -> np.ndarray:
         """(sources,) share of each source's mass that turned as the map's roads do: the best position weight among
         places whose heading lies within 2 sigma of the robot's predicted heading, over the best among all places. A
         robot that turned into a street the map has no places for finds only places heading another way: its mass
@@ -600,7 +606,7 @@ class SequenceLocalizer:
         best = np.zeros(count)
         best_compatible = np.zeros(count)
         np.maximum.at(best, src, g)
-        np.maximum.at(best_compatible, src, g * (h >= math.exp(-2.0)))
+        np.maximum.at(best_compatible, src, g * (h >= COMPATIBLE_H))
         share = np.where(best > 0, best_compatible / np.maximum(best, 1e-300), 0.0)
         return np.where(known, share, 1.0)
 
@@ -616,7 +622,7 @@ class SequenceLocalizer:
         place lies within 3 sigma of the predicted ring.
         """
         count = sources.size
-        compatible = h >= math.exp(-2.0)
+        compatible = h >= COMPATIBLE_H
         near = np.zeros(count)
         np.maximum.at(near, src, (compatible & (g > math.exp(-4.5))).astype(np.float64))
         origin = self.xy[sources]
