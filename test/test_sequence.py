@@ -487,3 +487,21 @@ def test_a_view_contradicting_the_tracked_places_gives_no_fix_whatever_the_earli
     assert refused.fix is None and loc._agreement >= 0.0  # the running agreement alone would have allowed it
     carried, _ = last_frame(contradiction_evidence=20.0)
     assert carried.fix is not None
+
+
+def test_an_unmapped_look_alike_street_after_driving_off_the_map_gives_no_fix(twin_streets: Map) -> None:
+    """The robot drives mapped street 0 east, turns north off the map and east again into unmapped street 2, which
+    looks like street 0 (its views match street 0's places 200 m south, frame after frame, as the robot moves). The
+    belief had followed the robot off the map, where look-alike streets explain such a sequence as well as a return
+    onto the map does: no fix there, and the reason says so. Judged as independent per-frame aliases (the previous
+    release), the sequence outweighed the dead-reckoned track and gave fixes 200 m off from x = 250 m on."""
+    m = twin_streets
+    xy, yaw = drive(*sampled(*polyline([(20.0, 0.0), (160.0, 0.0), (160.0, 200.0), (340.0, 200.0)]), 2.0, 4.0))
+    results = run(m, m.localizer(), xy, yaw, odometry=wheel(), noise=0.7)
+    before_turn = (np.abs(xy[:, 1]) < 10.0) & (xy[:, 0] < 150.0)
+    errors = np.array([e for (_, e), on in zip(results, before_turn) if on][10:])
+    assert (errors < 10.0).all(), "street 0 localizes"
+    on_street_2 = np.flatnonzero(xy[:, 1] > 190.0)
+    assert on_street_2.size >= 40
+    assert not any(results[k][0].fix for k in on_street_2)
+    assert any("looks like these places" in results[k][0].reason for k in on_street_2)

@@ -22,7 +22,15 @@ parts: per map place, "here and the view matches the map" (`belief`) and "here b
   would pick it up. Mass whose views had stopped matching (`unmatched`) may have been carried anywhere: it leaves
   without a position. Hazards move a little mass between matched and unmatched, and spread a little over all places
   (the robot may have been carried elsewhere: `kidnap_probability`; off-map mass of unknown position comes back:
-  `return_probability`);
+  `return_probability`). A track comes back only onto places ahead of or beside it and heading its way, keeping its
+  heading relative to them: mass just past the end of a mapped road does not fall back onto its last place (with the
+  road's heading) while the robot turns away;
+- a look-alike twin, kept beside the belief and not part of it: "off the map, on an unmapped street that looks like
+  place i". Every frame the tracked off-map mass gives it the map's fitted alias rate, uniformly; it
+  moves and is weighed like the belief at the same places. An unmapped street that looks like a mapped road keeps
+  looking like it frame after frame, so a sequence of agreeing views after the belief was off the map is no proof of
+  a return onto the map: the twin of the concentrated places counts against `fix_mass` like mass elsewhere.
+  (The per-frame alias rate of the measurement step treats aliases as independent per frame; a street is not);
 - a measurement step: each retrieved place's score becomes a likelihood ratio through the map's fitted
   `SimilarityModel` (dsformer_ros.maps.similarity), relative to the frame's own negative level; places not retrieved
   get the ratio of the last retrieved score (an upper bound), unmatched and off-map mass a ratio of 1. The ratio is
@@ -361,6 +369,7 @@ class SequenceLocalizer:
         self.heading_offset = np.zeros(self.n)  # the robot's heading there minus the place's heading (rad)
         self.lost_anywhere = 0.5  # off the map, position unknown
         self.tracks = OffMapTracks.empty()  # off the map where it drove off (dead-reckoned)
+        self.look_alike = np.zeros(self.n)  # off the map on a street that looks like the place (not in the belief)
         self._prior = self.belief.copy()
         self._llr = np.zeros(self.n)
         self._agreement = 0.0
@@ -455,11 +464,12 @@ class SequenceLocalizer:
             heading_sum += step.headings
             leaving.append(step)
         matched, unmatched = moved
+        look_alike = self._moved_look_alike(motion, dt_s)
         if motion is not None:
             self.tracks.move(motion, cfg.odometry_noise_m, cfg.odometry_noise_fraction)
-            returned = self._track_return()
+            returned, returned_headings = self._track_return()
             matched = matched + returned
-            heading_sum[:, 1] += returned
+            heading_sum += returned_headings
             # Mass whose views matched drove off the map where it left it; mass whose views had stopped matching
             # may be anywhere (kidnapped), so it leaves the map without a position.
             drove, doubted = leaving
@@ -486,6 +496,11 @@ class SequenceLocalizer:
         self.unmatched = unmatched * (1.0 - back - kidnap - forget) + leave * matched
         self.lost_anywhere = off * (1.0 - kidnap - back) + forget * unmatched.sum()
         self.tracks.mass = self.tracks.mass * (1.0 - kidnap)
+        # An unmapped street whose views match a mapped road keeps matching it frame after frame: every frame the
+        # tracked off-map mass gives the look-alike twin the map's alias rate, so a sequence of agreeing views after
+        # the robot drove off the map weighs a return onto the map against this, not against independent aliases.
+        self.look_alike = look_alike * (1.0 - leave - kidnap) \
+            + self.alias_rate * self.tracks.total() / self.n
         spread = (kidnap * total + back * off) / self.n  # arrives anywhere in the place's cell: no offset
         here = self.belief + self.unmatched
         kept = ((here - spread) / np.maximum(here, 1e-300)).clip(0.0, 1.0)
@@ -493,37 +508,59 @@ class SequenceLocalizer:
         self.heading_offset *= kept
         self._normalise(self.belief.sum() + self.unmatched.sum() + self.lost)
 
+    def _moved_look_alike(self, motion: Motion | None, dt_s: float | None) -> np.ndarray:
+        """The look-alike mass after the motion step: it moves like the robot would from the places it looks like
+        (with their carried position and heading, before this step updates them); what drives off them looks like
+        nothing mapped any more."""
+        background = self.alias_rate * self.tracks.total() / self.n
+        sources = np.flatnonzero(self.look_alike > TRACK_ABOVE_BACKGROUND * max(background, 1e-300))
+        moved = self.look_alike.copy()
+        if sources.size:
+            moved[sources] = 0.0
+            moved += self._transition(sources, self.look_alike[sources], motion, dt_s).mass
+        return moved
+
     def _normalise(self, total: float) -> None:
         """Divide every part of the belief by `total`."""
         self.belief /= total
         self.unmatched /= total
         self.lost_anywhere /= total
         self.tracks.mass = self.tracks.mass / total
+        self.look_alike /= total
 
-    def _track_return(self) -> np.ndarray:
-        """(N,) mass of the off-map tracks that came back onto the map: a track whose pose meets mapped places
-        heading its way (within 2 sigma of the heading tolerance) moves there, in the share of its position's
-        likelihood at the best of them; the rest stays off the map."""
+    def _track_return(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mass of the off-map tracks that came back onto the map: (N,) per place, and (N, 2) the mass-weighted
+        (sin, cos) of the track's heading relative to the place's. A track whose pose meets mapped places heading its
+        way (within 2 sigma of the heading tolerance) and not behind it moves there, in the share of its position's
+        likelihood at the best of them; the rest stays off the map. Places behind a track are the road it drove off
+        (past its end): the share of its position still on that road never left (see _coverage), so returning it
+        there would only reset its heading to the road's while the robot turns away."""
         tracks = self.tracks
         out = np.zeros(self.n)
+        headings = np.zeros((self.n, 2))
         if tracks.mass.size == 0:
-            return out
+            return out, headings
         width = np.hypot(tracks.sigma, self.spacing_m)
         src, tgt = _ball_pairs(self.tree, tracks.xy, 3.0 * width)
         if src.size == 0:
-            return out
-        miss = np.linalg.norm(self.xy[tgt] - tracks.xy[src], axis=1)
+            return out, headings
+        offset = self.xy[tgt] - tracks.xy[src]
+        miss = np.linalg.norm(offset, axis=1)
+        ahead = offset[:, 0] * np.cos(tracks.yaw[src]) + offset[:, 1] * np.sin(tracks.yaw[src])
         yaw_t = self.yaw[tgt]
-        turned = np.abs(_angle_diff(yaw_t, tracks.yaw[src]))
-        heading_ok = ~np.isfinite(yaw_t) | (turned <= COMPATIBLE_SIGMAS * self.heading_sigma)
-        w = np.exp(-0.5 * (miss / width[src]) ** 2) * heading_ok
+        relative = np.where(np.isfinite(yaw_t), _angle_diff(tracks.yaw[src], yaw_t), 0.0)
+        heading_ok = np.abs(relative) <= COMPATIBLE_SIGMAS * self.heading_sigma
+        w = np.exp(-0.5 * (miss / width[src]) ** 2) * heading_ok * (ahead >= -self.spacing_m / 2.0)
         share = np.zeros(tracks.mass.size)
         np.maximum.at(share, src, w)
         norm = np.bincount(src, weights=w, minlength=tracks.mass.size)
         give = tracks.mass * share
-        out = np.bincount(tgt, weights=w / np.where(norm[src] > 0, norm[src], 1.0) * give[src], minlength=self.n)
+        weight = w / np.where(norm[src] > 0, norm[src], 1.0) * give[src]
+        out = np.bincount(tgt, weights=weight, minlength=self.n)
+        headings[:, 0] = np.bincount(tgt, weights=weight * np.sin(relative), minlength=self.n)
+        headings[:, 1] = np.bincount(tgt, weights=weight * np.cos(relative), minlength=self.n)
         tracks.mass = tracks.mass - give
-        return out
+        return out, headings
 
     def _transition(
         self, sources: np.ndarray, mass: np.ndarray, motion: Motion | None, dt_s: float | None
@@ -652,6 +689,7 @@ class SequenceLocalizer:
         self._prior = self.belief.copy()
         self._llr = llr
         self.belief = self.belief * np.exp(llr - top)
+        self.look_alike = self.look_alike * np.exp(llr - top)
         self.unmatched = self.unmatched * math.exp(-top)
         self.lost_anywhere = self.lost_anywhere * math.exp(-top)
         self.tracks.mass = self.tracks.mass * math.exp(-top)
@@ -671,7 +709,10 @@ class SequenceLocalizer:
         near = np.asarray(self.tree.query_ball_point(centre, cfg.fix_radius_m), dtype=np.int64)
         if near.size == 0:
             near = np.array([best])
-        on_map = float(where.sum())
+        # The look-alike twin of these places is where the robot could be instead: it counts against the
+        # concentration (fix_mass) like on-map mass elsewhere does.
+        look_alike = float(self.look_alike[near].sum())
+        on_map = float(where.sum()) + look_alike
         mass = float(where[near].sum()) / max(on_map, 1e-300)
         matched = float(self.belief[near].sum()) / max(on_map, 1e-300)
         off = self.off_map
@@ -699,7 +740,11 @@ class SequenceLocalizer:
                 if tracked >= 0.5 * off else "off the map, kidnapped, or an unfamiliar view"
             reason = f"lost: {100 * off:.1f}% of the belief says the frames match no map place ({why})"
             return SequenceDecision(None, LOST, reason, mass, off, odometry_used)
-        if mass >= cfg.fix_mass and not confirms:
+        if mass < cfg.fix_mass <= (mass * on_map) / max(on_map - look_alike, 1e-300):
+            reason = f"searching: the belief is concentrated, but it came from off the map, where an unmapped street " \
+                     f"that looks like these places explains the views as well ({100 * look_alike / on_map:.1f}% " \
+                     f"look-alike, fix_mass={cfg.fix_mass:g})"
+        elif mass >= cfg.fix_mass and not confirms:
             reason = "searching: the belief is concentrated but the recent frames score its places no better " \
                      "than unrelated ones (disagreement: kidnapped, off the map, or a poor view)"
         elif mass >= cfg.fix_mass:
