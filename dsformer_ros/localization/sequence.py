@@ -29,7 +29,8 @@ parts: per map place, "here and the view matches the map" (`belief`) and "here b
   place i". Every frame the tracked off-map mass gives it the map's fitted alias rate, uniformly; it
   moves and is weighed like the belief at the same places. An unmapped street that looks like a mapped road keeps
   looking like it frame after frame, so a sequence of agreeing views after the belief was off the map is no proof of
-  a return onto the map: the twin of the concentrated places counts against `fix_mass` like mass elsewhere.
+  a return onto the map: the twin of the concentrated places counts against `fix_mass` like mass elsewhere. A street
+  resembles a mapped road for a stretch, not for ever: the twin fades over `LOOK_ALIKE_LENGTH_M` of driving.
   (The per-frame alias rate of the measurement step treats aliases as independent per frame; a street is not);
 - a measurement step: each retrieved place's score becomes a likelihood ratio through the map's fitted
   `SimilarityModel` (dsformer_ros.maps.similarity), relative to the frame's own negative level; places not retrieved
@@ -104,6 +105,10 @@ OFF_MAP_CELL_M = 5.0
 OFF_MAP_HEADING_BINS = 8
 MAX_OFF_MAP_TRACKS = 64
 OFF_MAP_TRACK_MAX_SIGMA_M = 60.0
+# An unmapped street resembles a mapped road for a stretch, not for ever: the look-alike twin's mass decays with the
+# distance driven on this scale (m), so a twin seeded while the robot was off the map cannot block the fixes of a
+# robot that is really back on the map for longer than that.
+LOOK_ALIKE_LENGTH_M = 50.0
 
 
 @dataclass
@@ -499,7 +504,8 @@ class SequenceLocalizer:
         # An unmapped street whose views match a mapped road keeps matching it frame after frame: every frame the
         # tracked off-map mass gives the look-alike twin the map's alias rate, so a sequence of agreeing views after
         # the robot drove off the map weighs a return onto the map against this, not against independent aliases.
-        self.look_alike = look_alike * (1.0 - leave - kidnap) \
+        resemblance = math.exp(-motion.distance / LOOK_ALIKE_LENGTH_M) if motion is not None else 0.0
+        self.look_alike = look_alike * (1.0 - leave - kidnap) * resemblance \
             + self.alias_rate * self.tracks.total() / self.n
         spread = (kidnap * total + back * off) / self.n  # arrives anywhere in the place's cell: no offset
         here = self.belief + self.unmatched
