@@ -66,7 +66,7 @@ IMAGE_TOPIC = "/camera/image_raw"
 
 @dataclasses.dataclass
 class DemoConfig:
-    """Sizes and seeds of the demo; the defaults take 14 minutes on a 2-core AVX-512 Xeon (more on a Zen 3, see
+    """Sizes and seeds of the demo; the defaults take 33 minutes on a 2-core AVX-512 Xeon (more on a Zen 3, see
     README), `--small` is the test's."""
 
     out: str = setting("runs/demo", "output folder")
@@ -76,7 +76,8 @@ class DemoConfig:
     width: int = 320  # rendered frames
     height: int = 240
     # Model input (height, width): the frames' 4:3 aspect. Squashed to 128 x 128 (training/configs/lite0_cpu.yaml)
-    # the same training gave Recall@1 76.6 % on the dusk query drive; at 144 x 192, 85.7 % (88.6 % with seed 1).
+    # the same training gave Recall@1 76.6 % on the dusk query drive; at 144 x 192 84.6 % (trial trainings: 85.7 %,
+    # and 88.6 % with seed 1), at 1.7 times the pixels (training 11 instead of 5.5 minutes).
     image_size: list[int] = dataclasses.field(default_factory=lambda: [144, 192])
     train_conditions: list[str] = dataclasses.field(default_factory=lambda: ["day", "dusk", "night", "fog"])
     train_fps: float = 4.0  # 8 m/s: one training frame every 2 m along every street
@@ -95,7 +96,7 @@ class DemoConfig:
     # routes (the demo's and routes 2-3; 4 and 5 were added after) hold on others.
     holdout_routes: list[int] = dataclasses.field(default_factory=lambda: [2, 3, 4, 5])
     # Training iterations in total: at 400 the loss was still falling fast (epoch means 17.8, 13.6, 11.2, 9.4) and
-    # Recall@1 on the dusk query drive was 62 %; 800 give 79 %, 1200 no more (78 %), measured on this demo.
+    # Recall@1 on the dusk query drive was 62 %; 800 give 79 %, 1200 no more (78 %), measured on this demo at 128 x 128.
     iterations: int = 800
     epochs: int = 8
     batch_size: int = 16
