@@ -505,8 +505,7 @@ class SequenceLocalizer:
         # tracked off-map mass gives the look-alike twin the map's alias rate, so a sequence of agreeing views after
         # the robot drove off the map weighs a return onto the map against this, not against independent aliases.
         resemblance = math.exp(-motion.distance / LOOK_ALIKE_LENGTH_M) if motion is not None else 0.0
-        self.look_alike = look_alike * (1.0 - leave - kidnap) * resemblance \
-            + self.alias_rate * self.tracks.total() / self.n
+        self.look_alike = look_alike * (1.0 - leave - kidnap) * resemblance + self._look_alike_inflow()
         spread = (kidnap * total + back * off) / self.n  # arrives anywhere in the place's cell: no offset
         here = self.belief + self.unmatched
         kept = ((here - spread) / np.maximum(here, 1e-300)).clip(0.0, 1.0)
@@ -518,13 +517,17 @@ class SequenceLocalizer:
         """The look-alike mass after the motion step: it moves like the robot would from the places it looks like
         (with their carried position and heading, before this step updates them); what drives off them looks like
         nothing mapped any more."""
-        background = self.alias_rate * self.tracks.total() / self.n
-        sources = np.flatnonzero(self.look_alike > TRACK_ABOVE_BACKGROUND * max(background, 1e-300))
+        background = max(self._look_alike_inflow(), 1e-300)  # the uniform part: moving it changes nothing
+        sources = np.flatnonzero(self.look_alike > TRACK_ABOVE_BACKGROUND * background)
         moved = self.look_alike.copy()
         if sources.size:
             moved[sources] = 0.0
             moved += self._transition(sources, self.look_alike[sources], motion, dt_s).mass
         return moved
+
+    def _look_alike_inflow(self) -> float:
+        """Per place and frame, the tracked off-map mass that may be on a street looking like it (map's alias rate)."""
+        return self.alias_rate * self.tracks.total() / self.n
 
     def _normalise(self, total: float) -> None:
         """Divide every part of the belief by `total`."""
@@ -720,6 +723,7 @@ class SequenceLocalizer:
         look_alike = float(self.look_alike[near].sum())
         on_map = float(where.sum()) + look_alike
         mass = float(where[near].sum()) / max(on_map, 1e-300)
+        mass_without_twin = float(where[near].sum()) / max(float(where.sum()), 1e-300)
         matched = float(self.belief[near].sum()) / max(on_map, 1e-300)
         off = self.off_map
         prior = self._prior[near]
@@ -746,7 +750,7 @@ class SequenceLocalizer:
                 if tracked >= 0.5 * off else "off the map, kidnapped, or an unfamiliar view"
             reason = f"lost: {100 * off:.1f}% of the belief says the frames match no map place ({why})"
             return SequenceDecision(None, LOST, reason, mass, off, odometry_used)
-        if mass < cfg.fix_mass <= (mass * on_map) / max(on_map - look_alike, 1e-300):
+        if mass < cfg.fix_mass <= mass_without_twin:
             reason = f"searching: the belief is concentrated, but it came from off the map, where an unmapped street " \
                      f"that looks like these places explains the views as well ({100 * look_alike / on_map:.1f}% " \
                      f"look-alike, fix_mass={cfg.fix_mass:g})"
