@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import cv2
@@ -42,6 +43,39 @@ def test_calibration_by_hand() -> None:
     assert find_jump(r) == 4
     assert cal["kidnap"]["frame"] == 4 and cal["kidnap"]["recovered_after_m"] == pytest.approx(8.0)
     assert cal["fixes_off_map"] == 1 and cal["frames_off_map"] == 1
+
+
+def test_lateral_sigma_is_fitted_from_fixes_by_hand() -> None:
+    """The lateral term replaced by each grid value: fixes 3 m across the road need 0.8 m, pooled drives add up."""
+    from training.replay.calibration import coverage_at, fit_lateral_sigma, lateral_coverage, lateral_summary, pool_lateral
+
+    def drive(across: list[float], yaw: float) -> ReplayResults:
+        r = ReplayResults.empty_like(len(across), 1)
+        r.gt_xy[:] = 0.0
+        r.accepted[:] = True
+        normal = np.array([-math.sin(yaw), math.cos(yaw)])
+        r.fix_xy[:] = np.outer(across, normal)
+        r.fix_yaw[:] = yaw
+        r.fix_cov_xy[:] = np.eye(2) + 2.8**2 * np.outer(normal, normal)  # 1 m everywhere plus 2.8 m across
+        return r
+
+    # 3 m across, 1 m elsewhere: inside the 95 % ellipse once 9 / (1 + l^2) <= 5.991, l >= 0.71 m
+    road = lateral_coverage(drive([3.0] * 19 + [40.0], yaw=0.3), lateral_sigma_m=2.8)
+    assert road["fixes"] == 20 and coverage_at(road, 2.8) == pytest.approx(0.95)
+    assert fit_lateral_sigma(road) == pytest.approx(0.8)
+    assert coverage_at(road, 0.7) == 0.0
+    # a wrong fix 40 m away is beyond any lanes: with two of them no value covers 95 %
+    worse = lateral_coverage(drive([3.0] * 18 + [40.0, 40.0], yaw=-2.0), lateral_sigma_m=2.8)
+    pooled = pool_lateral([road, worse])
+    assert pooled["fixes"] == 40 and fit_lateral_sigma(worse) is None and fit_lateral_sigma(pooled) is None
+    assert lateral_summary(pooled)["inside_95_configured"] == pytest.approx(37 / 40)
+    # yaw unknown: the lateral term was added on both axes and is replaced on both
+    unknown = drive([3.0] * 20, yaw=0.0)
+    unknown.fix_yaw[:] = np.nan
+    unknown.fix_cov_xy[:] = (1.0 + 2.8**2) * np.eye(2)
+    assert fit_lateral_sigma(lateral_coverage(unknown, 2.8)) == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="share the grid and the configured"):
+        pool_lateral([road, lateral_coverage(drive([3.0], 0.0), lateral_sigma_m=2.5)])
 
 
 def test_metrics_by_hand() -> None:

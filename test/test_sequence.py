@@ -60,9 +60,9 @@ class Map:
         self.model = fit_similarity(self.descriptors, xy, yaw)
         self.reference = self.descriptors[reference_rows(len(xy))]
 
-    def localizer(self, **overrides) -> SequenceLocalizer:
+    def localizer(self, position_sigma_m: float = 0.0, **overrides) -> SequenceLocalizer:
         return SequenceLocalizer(self.xy, self.yaw, np.arange(len(self.xy)) + 1000, self.model,
-                                 SequenceConfig(**overrides), floor_sigma_m=1.0)
+                                 SequenceConfig(**overrides), floor_sigma_m=1.0, position_sigma_m=position_sigma_m)
 
     def frame(self, loc: SequenceLocalizer, stamp_ns, query: np.ndarray, k: int = 50):
         scores = self.descriptors @ query
@@ -158,6 +158,22 @@ def test_straight_road_with_drifting_odometry_converges_and_stays_right(straight
     assert np.nanmax(err) < 10.0
     assert np.nanmin(sigma) >= 1.0
     assert all(d.odometry_used for d, _ in results[1:])
+
+
+def test_the_fix_averages_the_place_position_noise_and_widens_across_the_road(straight: Map) -> None:
+    """The fix is the mean of several places: their independent position noise enters it as sigma^2 sum(w^2), less
+    than one place's; the lateral term lies across the road (east-west road: north)."""
+    path_xy, path_yaw = drive(*sampled(straight.xy[10:150], straight.yaw[10:150], 2.0, 4.0))
+    plain = run(straight, straight.localizer(), path_xy, path_yaw, odometry=wheel())
+    noisy = run(straight, straight.localizer(position_sigma_m=3.0), path_xy, path_yaw, odometry=wheel())
+    pairs = [(a.fix.covariance[:2, :2], b.fix.covariance[:2, :2]) for (a, _), (b, _) in zip(plain, noisy) if a.fix]
+    assert len(pairs) >= 20 and [d.fix is None for d, _ in plain] == [d.fix is None for d, _ in noisy]
+    added = np.array([b - a for a, b in pairs])
+    assert np.allclose(added[:, 0, 0], added[:, 1, 1]) and np.allclose(added[:, 0, 1], 0.0)
+    assert np.all(added[:, 0, 0] > 0.0) and np.all(added[:, 0, 0] < 0.9 * 3.0**2)
+    assert np.median(added[:, 0, 0]) < 0.5 * 3.0**2
+    cov = np.array([a for a, _ in pairs])
+    assert np.all(cov[:, 1, 1] - cov[:, 0, 0] > 0.5 * SequenceConfig().lateral_sigma_m**2)
 
 
 def test_straight_road_without_odometry_converges(straight: Map) -> None:

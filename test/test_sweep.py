@@ -13,6 +13,7 @@ from node_assets import drive_map
 
 from dsformer_ros.localization.sequence import SequenceConfig
 from training.cli import main
+from training.replay.calibration import coverage_at
 from training.replay.replay import ReplayConfig, run_replay
 from training.replay.sweep import SweepConfig, run_sweep, sweep_table
 from training.synth.config import SynthConfig
@@ -47,6 +48,7 @@ def test_each_value_gives_what_an_offline_replay_with_it_gives(drives: dict[str,
     assert [row["value"] for row in report["rows"]] == [0.3, 0.9]
     for row in report["rows"]:
         assert [d["kind"] for d in row["drives"]] == ["on_map", "kidnapped", "off_map"]
+        inside_95 = 0
         for drive in row["drives"]:
             replayed = run_replay(ReplayConfig(
                 bag=drive["bag"], map=cfg.map, checkpoint=cfg.checkpoint, odometry_topic=cfg.odometry_topic,
@@ -59,11 +61,19 @@ def test_each_value_gives_what_an_offline_replay_with_it_gives(drives: dict[str,
             assert drive["fixes_off_map"] == m["calibration"]["fixes_off_map"]
             kidnap = m["calibration"].get("kidnap")
             assert drive["kidnap_max_error_after_m"] == (kidnap["max_error_after_m"] if kidnap else None)
+            inside = m["calibration"]["inside_95"]
+            inside_95 += 0 if inside is None else round(inside * m["calibration"]["fixes_with_covariance"])
+        # the lateral fit pools every fix; at the configured value it is the replays' own 95 % coverage
+        lateral = row["lateral"]
+        assert lateral["fixes"] == sum(d["fixes"] for d in row["drives"])
+        if lateral["fixes"]:
+            assert lateral["inside_95_configured"] == pytest.approx(inside_95 / lateral["fixes"])
+        assert lateral["fitted_m"] is None or coverage_at(lateral, lateral["fitted_m"]) >= 0.95
         on_map = row["drives"][0]
         assert row["availability"] == pytest.approx(on_map["fixes"] / on_map["frames_with_gps"])
         assert row["fixes_off_map"] == sum(d["fixes_off_map"] for d in row["drives"])
     lenient, strict = report["rows"]
-    assert lenient["drives"][0]["fixes"] > 0
+    assert lenient["drives"][0]["fixes"] > 0 and lenient["lateral"]["fixes"] > 0
     assert sum(d["fixes"] for d in strict["drives"]) <= sum(d["fixes"] for d in lenient["drives"])
     table = sweep_table(report)
     assert table.splitlines()[0].split()[0] == "fix_mass" and len(table.splitlines()) == 4

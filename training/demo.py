@@ -50,9 +50,10 @@ from training.demo_localization import (
 )
 from training.eval.plots import plot_recall_curves
 from training.maps.build_map import BuildMapConfig, build_map
+from training.replay.calibration import lateral_summary, pool_lateral
 from training.replay.config import ReplayConfig
 from training.replay.replay import REPORT, json_default, run_replay
-from training.replay.sweep import SweepConfig, row_text, run_sweep
+from training.replay.sweep import SweepConfig, lateral_text, row_text, run_sweep
 from training.synth.config import SynthConfig
 from training.synth.drive import write_drive
 from training.train.config import TrainConfig
@@ -264,6 +265,7 @@ def holdout_text(routes: list[dict[str, Any]]) -> str:
     for r in routes:
         lines.append(f"  route {r['route_seed']}: query drive {100 * r['query_availability']:.1f} % of frames with a "
                      f"fix; {row_text(r)}")
+    lines.append(f"  all routes: {lateral_text(lateral_summary(pool_lateral([r['lateral'] for r in routes])))}")
     return "\n".join(lines)
 
 

@@ -63,8 +63,10 @@ the right place does not interrupt the fixes, a view matching elsewhere best sti
 demo's model on its route and two more routes of the town (dusk query availability; kidnapped and off-map drives
 with a wrong fix): see README. The fix's covariance is the weighted spread of that mass plus half the keyframe
 spacing (the map's resolution: never below it) and the map's own place-position noise (fitted from its places,
-`position_noise_m`) on x and y, plus `lateral_sigma_m` across the heading (the lanes of a road); yaw from the
-circular spread of the places' headings. States: converged (a fix), searching (not concentrated, or the frames
+`position_noise_m`; the mean of the places' positions averages it, sigma^2 sum(w^2) for belief weights w) on x and
+y, plus `lateral_sigma_m` across the heading (where the robot is on the road relative to the mapping drive: lanes;
+fitted on drives with ground truth by `dsformer-vpr sweep`, the smallest value whose 95 % ellipses hold 95 % of the
+fixes); yaw from the circular spread of the places' headings. States: converged (a fix), searching (not concentrated, or the frames
 stopped agreeing), lost (most of the belief unmatched or off the map: the frames match no place).
 """
 from __future__ import annotations
@@ -195,8 +197,9 @@ class SequenceConfig:
         "agreement_evidence: every frame needs agreement_evidence.", low=0.0, high=20.0, section=SEQUENCE,
     )
     lateral_sigma_m: float = setting(
-        2.5, "Across the road (m, 1 sigma): where a car can be on the road of the place it matches (lanes); added "
-        "to the fix covariance perpendicular to the heading, isotropically when the heading is unknown.",
+        2.9, "Across the road (m, 1 sigma): where a car can be on the road of the place it matches (lanes); added "
+        "to the fix covariance perpendicular to the heading, isotropically when the heading is unknown. "
+        "The sweep command fits it on drives with ground truth (the default: on the demo's held-out routes).",
         low=0.0, high=100.0, section=SEQUENCE,
     )
     odometry_max_speed_mps: float = setting(
@@ -774,7 +777,9 @@ class SequenceLocalizer:
         terms, its yaw."""
         mean, cov, yaw, yaw_known = pose_covariance(self.xy[near] + self.offset[near], where[near], self.yaw[near],
                                                     self.floor_sigma_m)
-        cov[:2, :2] += self.position_sigma_m**2 * np.eye(2)
+        # The mean of the places' positions carries their independent noise weighted by the belief: sigma^2 sum(w^2).
+        w = where[near] / max(float(where[near].sum()), 1e-300)
+        cov[:2, :2] += self.position_sigma_m**2 * float((w**2).sum()) * np.eye(2)
         if yaw_known:
             normal = np.array([-math.sin(yaw), math.cos(yaw)])
             cov[:2, :2] += self.config.lateral_sigma_m**2 * np.outer(normal, normal)

@@ -5,6 +5,11 @@ block, the normalised (Mahalanobis) error d = sqrt(e' C^-1 e) is at most 1 for 3
 sqrt(5.991) for 95 % of them, and its median is sqrt(2 ln 2) = 1.18. A kidnap is found in the ground truth as a
 jump between two frames far larger than the drive's usual step; a frame is off the map when no map place lies within
 the replay's radius of its ground truth.
+
+The sequence localizer's lateral term (`lateral_sigma_m`: where the robot is across the road relative to the mapping
+drive) is the one part of a fix's covariance the map cannot tell; `lateral_coverage` counts, for a grid of values,
+the fixes that would fall inside their 95 % ellipse with that value in place of the configured one, so drives pool
+by adding counts and `fit_lateral_sigma` picks the smallest value that covers 95 % of them.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ CHI2_2D_95 = 5.991
 IDEAL = {"inside_1sigma": 1.0 - math.exp(-0.5), "inside_95": 0.95, "median_normalised_error": math.sqrt(2 * math.log(2))}
 JUMP_FACTOR = 5.0
 JUMP_MIN_M = 30.0
+LATERAL_GRID_M = tuple(round(0.1 * k, 1) for k in range(101))  # 0 to 10 m
 
 
 def normalised_errors(results: ReplayResults) -> np.ndarray:
@@ -87,3 +93,59 @@ def calibration_metrics(results: ReplayResults, map_xy: np.ndarray, radius_m: fl
             "recovered_after_m": float(along[good[0]] - along[jump]) if good.size else None,
         }
     return out
+
+
+def lateral_coverage(results: ReplayResults, lateral_sigma_m: float) -> dict[str, Any]:
+    """Per value of LATERAL_GRID_M, how many fixes lie inside their 95 % ellipse when that value replaces the
+    configured lateral term (across the fix's yaw; on both axes where its yaw is unknown); counts add over drives."""
+    e = results.fix_xy - results.gt_xy
+    keep = results.accepted & np.isfinite(e).all(axis=1) & np.isfinite(results.fix_cov_xy).all(axis=(1, 2))
+    e, cov, yaw = e[keep], results.fix_cov_xy[keep], results.fix_yaw[keep]
+    normal = np.column_stack([-np.sin(yaw), np.cos(yaw)])
+    across = np.where(np.isfinite(yaw)[:, None, None], normal[:, :, None] * normal[:, None, :], np.eye(2))
+    base = cov - lateral_sigma_m**2 * across
+    grid = np.asarray(LATERAL_GRID_M)
+    c = base[None] + grid[:, None, None, None] ** 2 * across[None]  # (G, F, 2, 2)
+    det = c[..., 0, 0] * c[..., 1, 1] - c[..., 0, 1] * c[..., 1, 0]
+    quad = (c[..., 1, 1] * e[:, 0] ** 2 - 2.0 * c[..., 0, 1] * e[:, 0] * e[:, 1] + c[..., 0, 0] * e[:, 1] ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inside = (det > 0) & (quad / det <= CHI2_2D_95)
+    return {"lateral_sigma_m": lateral_sigma_m, "grid_m": list(LATERAL_GRID_M), "fixes": int(keep.sum()),
+            "inside_95": inside.sum(axis=1).astype(int).tolist()}
+
+
+def pool_lateral(coverages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The counts of several drives' `lateral_coverage` (same configured value and grid) added up."""
+    if not coverages:
+        raise ValueError("pool_lateral needs at least one drive's lateral coverage")
+    first = coverages[0]
+    for c in coverages[1:]:
+        if c["grid_m"] != first["grid_m"] or c["lateral_sigma_m"] != first["lateral_sigma_m"]:
+            raise ValueError("lateral coverages to pool must share the grid and the configured lateral_sigma_m")
+    return {"lateral_sigma_m": first["lateral_sigma_m"], "grid_m": first["grid_m"],
+            "fixes": sum(c["fixes"] for c in coverages),
+            "inside_95": np.sum([c["inside_95"] for c in coverages], axis=0).astype(int).tolist()}
+
+
+def fit_lateral_sigma(coverage: dict[str, Any], target: float = 0.95) -> float | None:
+    """The smallest grid value at which `target` of the fixes lie inside their 95 % ellipse; None when no value
+    does (wrong fixes beyond any lanes) or there are no fixes."""
+    if coverage["fixes"] == 0:
+        return None
+    share = np.asarray(coverage["inside_95"]) / coverage["fixes"]
+    reached = np.flatnonzero(share >= target)
+    return float(coverage["grid_m"][reached[0]]) if reached.size else None
+
+
+def coverage_at(coverage: dict[str, Any], lateral_sigma_m: float) -> float | None:
+    """The share of the fixes inside their 95 % ellipse at the grid value nearest `lateral_sigma_m`."""
+    if coverage["fixes"] == 0:
+        return None
+    k = int(np.argmin(np.abs(np.asarray(coverage["grid_m"]) - lateral_sigma_m)))
+    return coverage["inside_95"][k] / coverage["fixes"]
+
+
+def lateral_summary(coverage: dict[str, Any]) -> dict[str, Any]:
+    """Pooled lateral coverage with its fitted value and the share covered at the configured value."""
+    return {**coverage, "fitted_m": fit_lateral_sigma(coverage),
+            "inside_95_configured": coverage_at(coverage, coverage["lateral_sigma_m"])}

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dsformer_ros.localization.pose_estimate import UNKNOWN_YAW_VARIANCE
 from training.eval.recall import positives_within_radius, recall_at_n
 
 PERCENTILES = (50, 90, 95, 99)
@@ -30,6 +31,7 @@ class ReplayResults:
     fix_xy: np.ndarray  # (F, 2) float64 UTM of the accepted fix, NaN otherwise
     fix_sigma_m: np.ndarray  # (F,) float64 1-sigma horizontal position uncertainty of the fix, NaN otherwise
     fix_cov_xy: np.ndarray  # (F, 2, 2) float64 x/y covariance of the fix, NaN otherwise
+    fix_yaw: np.ndarray  # (F,) float64 ENU yaw of the fix (rad), NaN without a fix or where its yaw is unknown
     latency_s: np.ndarray  # (F,) float64 seconds from image to answer, NaN where unanswered
 
     def __post_init__(self) -> None:
@@ -56,6 +58,7 @@ class ReplayResults:
             fix_xy=np.full((frames, 2), np.nan),
             fix_sigma_m=np.full(frames, np.nan),
             fix_cov_xy=np.full((frames, 2, 2), np.nan),
+            fix_yaw=np.full(frames, np.nan),
             latency_s=np.full(frames, np.nan),
         )
 
@@ -80,13 +83,16 @@ def record_answer(results: ReplayResults, i: int, xy: np.ndarray, place_ids: np.
     results.cand_scores[i, :k] = scores[:k]
 
 
-def record_fix(results: ReplayResults, i: int, easting: float, northing: float, covariance: np.ndarray) -> None:
-    """Store frame i's accepted fix and its 1-sigma horizontal uncertainty."""
+def record_fix(results: ReplayResults, i: int, easting: float, northing: float, yaw: float,
+               covariance: np.ndarray) -> None:
+    """Store frame i's accepted fix, its 1-sigma horizontal uncertainty and its yaw (NaN when the fix's yaw variance
+    says unknown)."""
     cov = np.asarray(covariance, dtype=np.float64).reshape(6, 6)
     results.accepted[i] = True
     results.fix_xy[i] = (easting, northing)
     results.fix_sigma_m[i] = float(np.sqrt(max(cov[0, 0] + cov[1, 1], 0.0) / 2.0))
     results.fix_cov_xy[i] = cov[:2, :2]
+    results.fix_yaw[i] = yaw if cov[5, 5] < UNKNOWN_YAW_VARIANCE else np.nan
 
 
 def _percentiles(values: np.ndarray, scale: float = 1.0) -> dict[str, float | None]:

@@ -144,7 +144,7 @@ def record_result(results: ReplayResults, i: int, stamp_ns: int, answer: Localiz
     record_answer(results, i, c.xy, np.asarray(c.place_id), np.asarray(c.score))
     fix = answer.decision.fix
     if fix is not None:
-        record_fix(results, i, fix.easting, fix.northing, fix.covariance)
+        record_fix(results, i, fix.easting, fix.northing, fix.yaw, fix.covariance)
 
 
 def replay_offline(cfg: ReplayConfig, localizer: Localizer, frames: Iterator[ImageFrame], n: int,

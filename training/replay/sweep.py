@@ -6,6 +6,8 @@ where it happens. The sweep replays every drive once per value, as `replay` does
 by stamp, same metrics), and counts per value: availability on the drives that stay on the map, precision and the
 largest error there, kidnapped drives with a fix beyond the radius after the jump, and fixes published off the map.
 Each bag's frames are described once: the model does not depend on the setting, so only the filter runs again.
+Per value it also fits `lateral_sigma_m` on all the drives' fixes (`training.replay.calibration`): the smallest
+value whose 95 % ellipses hold 95 % of them, beside what the configured value covers.
 `<out>/sweep.json` keeps every drive's figures per value; `<out>/sweep.png` draws the trade-off.
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dsformer_ros.common.params import check_fields, setting
 from dsformer_ros.localization.localizer import Localizer
 from dsformer_ros.localization.sequence import SequenceConfig
 from training.io.bag_reader import DriveLogReader, OdomPose
-from training.replay.calibration import find_jump
+from training.replay.calibration import find_jump, lateral_coverage, lateral_summary, pool_lateral
 from training.replay.config import ReplayConfig
 from training.replay.metrics import ReplayResults
 from training.replay.replay import (
@@ -210,12 +212,14 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     rows = []
     for value in tqdm(cfg.values, desc=f"sweep {cfg.vary}", unit="value"):
         loc_cfg = dataclasses.replace(base, sequence=sequence_at(cfg, value)).localizer_config()
-        drives = []
+        drives, coverages = [], []
         for drive in described:
             results = localize_drive(drive, Localizer(loc_cfg, method, place_map), base.top_k)
             metrics = replay_metrics(results, place_map, cfg.radius_m, base.recall_ns)
             drives.append({"bag": drive.bag, **drive_figures(results, metrics, cfg.radius_m)})
-        rows.append({"value": value, **summarise(drives, cfg.radius_m), "drives": drives})
+            coverages.append(lateral_coverage(results, loc_cfg.sequence.lateral_sigma_m))
+        rows.append({"value": value, **summarise(drives, cfg.radius_m),
+                     "lateral": lateral_summary(pool_lateral(coverages)), "drives": drives})
         log.info("%s = %g: %s", cfg.vary, value, row_text(rows[-1]))
     report = {"tool": "dsformer-vpr sweep", "setting": cfg.vary, "radius_m": cfg.radius_m,
               "map_places": len(place_map), "checkpoint_sha256": method.fingerprint, "rows": rows,
@@ -238,7 +242,15 @@ def row_text(row: dict[str, Any]) -> str:
     return (f"availability {_pct(row['availability'])} % over {row['on_map_drives']} on-map drives (precision "
             f"{_pct(row['precision'])} %, largest error {error} m); {row['kidnapped_with_fix_beyond_radius']} of "
             f"{row['kidnapped_drives']} kidnapped drives with a fix beyond the radius; {row['fixes_off_map']} fixes "
-            f"off the map in {row['off_map_drives_with_fix']} of {row['off_map_drives']} off-map drives")
+            f"off the map in {row['off_map_drives_with_fix']} of {row['off_map_drives']} off-map drives; "
+            f"{lateral_text(row['lateral'])}")
+
+
+def lateral_text(lateral: dict[str, Any]) -> str:
+    """The fitted lateral_sigma_m beside the configured one and what the configured one covers."""
+    fitted = "none reaches 95 %" if lateral["fitted_m"] is None else f"{lateral['fitted_m']:.1f} m"
+    return (f"lateral_sigma_m fitted on {lateral['fixes']} fixes: {fitted} (configured "
+            f"{lateral['lateral_sigma_m']:g} m: {_pct(lateral['inside_95_configured'])} % inside the 95 % ellipse)")
 
 
 def sweep_table(report: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from dsformer_ros.common.atomic import atomic_write_text
 from dsformer_ros.common.config import to_dict
-from dsformer_ros.common.geometry import ns_to_stamp, stamp_to_ns
+from dsformer_ros.common.geometry import ns_to_stamp, quaternion_to_yaw, stamp_to_ns
 from dsformer_ros.localization.localizer import LocalizerConfig
 from training.io.bag_reader import ImageFrame, OdomPose
 from training.replay.config import ReplayConfig
@@ -122,8 +122,9 @@ class _Driver:
         self.answers[stamp_to_ns(msg.header.stamp)] = _Answer(self._read_cloud(msg).copy(), time.monotonic())
 
     def _on_pose(self, msg: Any) -> None:
-        p = msg.pose.pose.position
-        self.poses[stamp_to_ns(msg.header.stamp)] = (p.x, p.y, np.asarray(msg.pose.covariance, dtype=np.float64))
+        p, q = msg.pose.pose.position, msg.pose.pose.orientation
+        self.poses[stamp_to_ns(msg.header.stamp)] = (p.x, p.y, quaternion_to_yaw(q.x, q.y, q.z, q.w),
+                                                     np.asarray(msg.pose.covariance, dtype=np.float64))
 
     def _on_diagnostics(self, msg: Any) -> None:
         for status in msg.status:
@@ -336,4 +337,4 @@ def _fill(results: ReplayResults, driver: _Driver, sent_at: np.ndarray) -> None:
             results.latency_s[i] = answer.received - sent_at[i]
         pose = driver.poses.get(stamp)
         if pose is not None:
-            record_fix(results, i, pose[0], pose[1], pose[2])
+            record_fix(results, i, *pose)
