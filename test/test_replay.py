@@ -47,7 +47,13 @@ def test_calibration_by_hand() -> None:
 
 def test_lateral_sigma_is_fitted_from_fixes_by_hand() -> None:
     """The lateral term replaced by each grid value: fixes 3 m across the road need 0.8 m, pooled drives add up."""
-    from training.replay.calibration import coverage_at, fit_lateral_sigma, lateral_coverage, lateral_summary, pool_lateral
+    from training.replay.calibration import (
+        LATERAL_GRID_M,
+        fit_lateral_sigma,
+        lateral_coverage,
+        lateral_summary,
+        pool_lateral,
+    )
 
     def drive(across: list[float], yaw: float) -> ReplayResults:
         r = ReplayResults.empty_like(len(across), 1)
@@ -61,9 +67,9 @@ def test_lateral_sigma_is_fitted_from_fixes_by_hand() -> None:
 
     # 3 m across, 1 m elsewhere: inside the 95 % ellipse once 9 / (1 + l^2) <= 5.991, l >= 0.71 m
     road = lateral_coverage(drive([3.0] * 19 + [40.0], yaw=0.3), lateral_sigma_m=2.8)
-    assert road["fixes"] == 20 and coverage_at(road, 2.8) == pytest.approx(0.95)
+    assert road["fixes"] == 20 and road["inside_95_at_configured"] == 19
     assert fit_lateral_sigma(road) == pytest.approx(0.8)
-    assert coverage_at(road, 0.7) == 0.0
+    assert road["inside_95"][LATERAL_GRID_M.index(0.7)] == 0 and road["inside_95"][LATERAL_GRID_M.index(2.8)] == 19
     # a wrong fix 40 m away is beyond any lanes: with two of them no value covers 95 %
     worse = lateral_coverage(drive([3.0] * 18 + [40.0, 40.0], yaw=-2.0), lateral_sigma_m=2.8)
     pooled = pool_lateral([road, worse])

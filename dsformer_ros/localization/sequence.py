@@ -66,8 +66,9 @@ spacing (the map's resolution: never below it) and the map's own place-position 
 `position_noise_m`; the mean of the places' positions averages it, sigma^2 sum(w^2) for belief weights w) on x and
 y, plus `lateral_sigma_m` across the heading (where the robot is on the road relative to the mapping drive: lanes;
 fitted on drives with ground truth by `dsformer-vpr sweep`, the smallest value whose 95 % ellipses hold 95 % of the
-fixes); yaw from the circular spread of the places' headings. States: converged (a fix), searching (not concentrated, or the frames
-stopped agreeing), lost (most of the belief unmatched or off the map: the frames match no place).
+fixes); yaw from the circular spread of the places' headings. States: converged (a fix), searching (not
+concentrated, or the frames stopped agreeing), lost (most of the belief unmatched or off the map: the frames match
+no place).
 """
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
+from dsformer_ros.common.geometry import quaternion_to_yaw, stamp_to_ns
 from dsformer_ros.inference.image_codec import ImageDecodeError
 from dsformer_ros.localization.latest_frame import FrameRejected, LatestFrameWorker, RollingPercentiles
 from dsformer_ros.localization.localizer import LocalizationResult, Localizer
@@ -226,11 +227,8 @@ class VprNode(LifecycleNode):
         localizer = self._localizer
         if localizer is None:
             return
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         p, q = msg.pose.pose.position, msg.pose.pose.orientation
-        norm = q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w
-        yaw = math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z)) if norm > 0 else math.nan
-        reason = localizer.add_odometry(stamp, p.x, p.y, yaw)
+        reason = localizer.add_odometry(stamp_to_ns(msg.header.stamp), p.x, p.y, quaternion_to_yaw(q.x, q.y, q.z, q.w))
         if reason:
             self.get_logger().warning(f"odometry ignored: {reason}", throttle_duration_sec=5.0)
 

@@ -96,22 +96,23 @@ def calibration_metrics(results: ReplayResults, map_xy: np.ndarray, radius_m: fl
 
 
 def lateral_coverage(results: ReplayResults, lateral_sigma_m: float) -> dict[str, Any]:
-    """Per value of LATERAL_GRID_M, how many fixes lie inside their 95 % ellipse when that value replaces the
-    configured lateral term (across the fix's yaw; on both axes where its yaw is unknown); counts add over drives."""
+    """How many fixes lie inside their 95 % ellipse with the configured lateral term and with each value of
+    LATERAL_GRID_M in its place (across the fix's yaw; on both axes where its yaw is unknown); counts add over
+    drives."""
     e = results.fix_xy - results.gt_xy
     keep = results.accepted & np.isfinite(e).all(axis=1) & np.isfinite(results.fix_cov_xy).all(axis=(1, 2))
     e, cov, yaw = e[keep], results.fix_cov_xy[keep], results.fix_yaw[keep]
     normal = np.column_stack([-np.sin(yaw), np.cos(yaw)])
     across = np.where(np.isfinite(yaw)[:, None, None], normal[:, :, None] * normal[:, None, :], np.eye(2))
     base = cov - lateral_sigma_m**2 * across
-    grid = np.asarray(LATERAL_GRID_M)
-    c = base[None] + grid[:, None, None, None] ** 2 * across[None]  # (G, F, 2, 2)
+    values = np.asarray([*LATERAL_GRID_M, lateral_sigma_m])
+    c = base[None] + values[:, None, None, None] ** 2 * across[None]  # (G + 1, F, 2, 2)
     det = c[..., 0, 0] * c[..., 1, 1] - c[..., 0, 1] * c[..., 1, 0]
     quad = (c[..., 1, 1] * e[:, 0] ** 2 - 2.0 * c[..., 0, 1] * e[:, 0] * e[:, 1] + c[..., 0, 0] * e[:, 1] ** 2)
     with np.errstate(divide="ignore", invalid="ignore"):
-        inside = (det > 0) & (quad / det <= CHI2_2D_95)
+        inside = ((det > 0) & (quad / det <= CHI2_2D_95)).sum(axis=1).astype(int).tolist()
     return {"lateral_sigma_m": lateral_sigma_m, "grid_m": list(LATERAL_GRID_M), "fixes": int(keep.sum()),
-            "inside_95": inside.sum(axis=1).astype(int).tolist()}
+            "inside_95": inside[:-1], "inside_95_at_configured": inside[-1]}
 
 
 def pool_lateral(coverages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -124,7 +125,8 @@ def pool_lateral(coverages: list[dict[str, Any]]) -> dict[str, Any]:
             raise ValueError("lateral coverages to pool must share the grid and the configured lateral_sigma_m")
     return {"lateral_sigma_m": first["lateral_sigma_m"], "grid_m": first["grid_m"],
             "fixes": sum(c["fixes"] for c in coverages),
-            "inside_95": np.sum([c["inside_95"] for c in coverages], axis=0).astype(int).tolist()}
+            "inside_95": np.sum([c["inside_95"] for c in coverages], axis=0).astype(int).tolist(),
+            "inside_95_at_configured": sum(c["inside_95_at_configured"] for c in coverages)}
 
 
 def fit_lateral_sigma(coverage: dict[str, Any], target: float = 0.95) -> float | None:
@@ -137,15 +139,8 @@ def fit_lateral_sigma(coverage: dict[str, Any], target: float = 0.95) -> float |
     return float(coverage["grid_m"][reached[0]]) if reached.size else None
 
 
-def coverage_at(coverage: dict[str, Any], lateral_sigma_m: float) -> float | None:
-    """The share of the fixes inside their 95 % ellipse at the grid value nearest `lateral_sigma_m`."""
-    if coverage["fixes"] == 0:
-        return None
-    k = int(np.argmin(np.abs(np.asarray(coverage["grid_m"]) - lateral_sigma_m)))
-    return coverage["inside_95"][k] / coverage["fixes"]
-
-
 def lateral_summary(coverage: dict[str, Any]) -> dict[str, Any]:
-    """Pooled lateral coverage with its fitted value and the share covered at the configured value."""
+    """Pooled lateral coverage with its fitted value and the share inside the 95 % ellipse at the configured value."""
+    fixes = coverage["fixes"]
     return {**coverage, "fitted_m": fit_lateral_sigma(coverage),
-            "inside_95_configured": coverage_at(coverage, coverage["lateral_sigma_m"])}
+            "inside_95_configured": coverage["inside_95_at_configured"] / fixes if fixes else None}
