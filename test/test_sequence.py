@@ -313,7 +313,7 @@ def test_driving_past_the_end_of_the_map_leaves_it(straight: Map) -> None:
     mapped = path_xy[:, 0] <= 600.0
     assert np.isfinite(err[mapped]).sum() >= 0.7 * mapped.sum()
     assert not np.isfinite(err[path_xy[:, 0] > 600.0 + 25.0]).any()
-    assert results[-1][0].state == LOST and loc.lost > 0.9  # no position left on the map: it drove off it
+    assert results[-1][0].state == LOST and loc.belief.off_map > 0.9  # no position left on the map: it drove off it
 
 
 def test_bad_odometry_is_counted_and_leaves_the_belief_alone(straight: Map) -> None:
@@ -352,7 +352,9 @@ def test_relocalize_forgets_the_belief(straight: Map) -> None:
     run(straight, loc, path_xy, path_yaw, odometry=wheel())
     assert loc.last_decision.state == CONVERGED
     loc.reset()
-    assert loc.off_map == pytest.approx(0.5) and loc.belief.max() == pytest.approx(0.5 / loc.n)
+    belief = loc.belief
+    assert belief.off_map_unknown == pytest.approx(0.5) and belief.anywhere == pytest.approx(0.5 / loc.n)
+    assert len(belief.support) == 0 and belief.tracks.total() == 0.0
     assert loc.status()["sequence_resets"] == 1
 
 
@@ -371,14 +373,16 @@ def test_odometry_carries_the_belief_between_places_without_rounding_and_gives_n
             d = straight.frame(loc, stamp, straight.world.describe(np.array([x, 0.0]), np.array([0.0]), 0.3, rng)[0])
         else:
             d = loc.update(stamp, np.array([], dtype=np.int64), np.array([]), 0.0)
-        where = loc.belief + loc.unmatched
-        near = np.hypot(*(loc.xy - loc.xy[np.argmax(where)]).T) < 20.0  # the concentrated part, as a fix takes it
-        mean = (where[near, None] * (loc.xy + loc.offset)[near]).sum(axis=0) / where[near].sum()
+        s = loc.belief.support
+        where = s.matched + s.unmatched
+        xy = loc.graph.xy[s.rows]
+        near = np.hypot(*(xy - xy[np.argmax(where)]).T) < 20.0  # the concentrated part, as a fix takes it
+        mean = (where[near, None] * (xy + s.offset)[near]).sum(axis=0) / where[near].sum()
         errors.append(math.hypot(mean[0] - x, mean[1]))
         fixed.append(d.fix is not None)
     assert max(errors[10:]) < 0.5
     assert all(fixed[10:15]) and not any(fixed[18:])  # once the credit of the last views is spent (3 frames)
-    assert float(np.linalg.norm(loc.offset, axis=1).max()) <= loc.spacing_m + 1e-9
+    assert float(np.linalg.norm(loc.belief.support.offset, axis=1).max()) <= loc.graph.spacing_m + 1e-9
 
 
 def test_a_confirmed_fix_is_kept_through_weak_views_whose_best_match_is_its_place(straight: Map) -> None:
@@ -439,10 +443,10 @@ def test_turning_into_an_unmapped_street_leaves_the_map_where_it_turned(straight
     decisions = drive_through(straight, loc, xy, yaw, mapped)
     assert any(d.fix for d in decisions[:40])
     assert not any(d.fix for d, y in zip(decisions, xy[:, 1]) if y > 25.0)
-    assert loc.lost > 0.8 and loc.tracks.total() > 0.5
+    assert loc.belief.off_map > 0.8 and loc.belief.tracks.total() > 0.5
     status = loc.status()
     assert status["sequence_off_map_tracked"] > 0.5 and "drove off the mapped roads" in status["sequence_reason"]
-    tracks = loc.tracks
+    tracks = loc.belief.tracks
     where = (tracks.mass[:, None] * tracks.xy).sum(axis=0) / tracks.total()
     sigma = float((tracks.mass * tracks.sigma).sum() / tracks.total())
     # Dead reckoning puts the robot up the unmapped street, the truth within its 2 sigma (4 % scale error, heading
@@ -467,9 +471,9 @@ def test_a_robot_that_drove_off_the_map_comes_back_where_dead_reckoning_puts_it(
         pose = odometry(k, xy[k], yaw[k])
     loc.add_odometry(int(back * 0.5 * NS), *pose)
     loc.update(int(back * 0.5 * NS), np.array([], dtype=np.int64), np.array([]), 0.0)
-    where = loc.belief + loc.unmatched
-    near = np.hypot(*(loc.xy - xy[back]).T) < 40.0  # the dead-reckoned pose is known to ~20 m after 180 m off
-    assert where.sum() > 0.5 and where[near].sum() > 0.5 * where.sum()  # on the map again, where it rejoined it
+    near = loc.graph.within(xy[back], 40.0)  # the dead-reckoned pose is known to ~20 m after 180 m off
+    on_map = loc.belief.on_map()
+    assert on_map > 0.5 and loc.belief.at(near).sum() > 0.5 * on_map  # on the map again, where it rejoined it
     rest = drive_through(straight, loc, xy[back + 1:back + 6], yaw[back + 1:back + 6], mapped[back + 1:back + 6])
     fixed = [(d, p) for d, p in zip(rest, xy[back + 1:back + 6]) if d.fix]
     assert fixed and all(math.hypot(d.fix.easting - p[0], d.fix.northing - p[1]) < 10.0 for d, p in fixed)
@@ -500,7 +504,7 @@ def test_a_view_contradicting_the_tracked_places_gives_no_fix_whatever_the_earli
         return decision, loc
 
     refused, loc = last_frame()
-    assert refused.fix is None and loc._agreement >= 0.0  # the running agreement alone would have allowed it
+    assert refused.fix is None and loc.gate.agreement >= 0.0  # the running agreement alone would have allowed it
     carried, _ = last_frame(contradiction_evidence=20.0)
     assert carried.fix is not None
 

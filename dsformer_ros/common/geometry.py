@@ -14,6 +14,17 @@ import numpy as np
 NS_PER_S = 1_000_000_000
 
 
+def wrap_angle(angle: np.ndarray | float) -> np.ndarray:
+    """Angle(s) in radians wrapped to [-pi, pi]."""
+    angle = np.asarray(angle, dtype=np.float64)
+    return np.arctan2(np.sin(angle), np.cos(angle))
+
+
+def angle_diff(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
+    """a - b (radians) wrapped to [-pi, pi]."""
+    return wrap_angle(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+
+
 def heading_to_yaw(heading_deg: np.ndarray | float) -> np.ndarray:
     """Compass heading (deg clockwise from north) -> ENU yaw (rad counter-clockwise from east) in [-pi, pi]."""
     yaw = np.pi / 2.0 - np.radians(np.asarray(heading_deg, dtype=np.float64))

@@ -132,15 +132,17 @@ def build_methods(cfg: EvalConfig) -> list[DescriptorMethod]:
 
 
 def dataset_metadata(dataset: VPRDataset) -> PlaceMetadata:
-    """Map metadata of the database: UTM positions when geo-tagged in one zone, else the index as a placeholder."""
+    """Map metadata of the database: UTM positions when geo-tagged in one zone, else the index as a placeholder
+    (1 m per frame along x, heading east: an ordered traversal runs the way its frames are numbered)."""
     n = len(dataset.database_paths)
+    heading = dataset.database_heading if dataset.database_heading is not None else np.full(n, np.nan)
     if dataset.geotagged:
         xy = dataset.database_utm
         zone = dataset.utm_zone
     else:
         xy = np.column_stack([np.arange(n, dtype=np.float64), np.zeros(n)])
         zone = PLACEHOLDER_ZONE
-    heading = dataset.database_heading if dataset.database_heading is not None else np.full(n, np.nan)
+        heading = np.full(n, 90.0)
     return PlaceMetadata(
         place_id=np.arange(n, dtype=np.int64),
         easting=xy[:, 0],

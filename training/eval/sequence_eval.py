@@ -2,7 +2,7 @@
 
 For data sets whose queries are one drive or walk in order (Nordland, index-named folders such as corridor), each
 query's retrieval scores update the node's sequence filter (dsformer_ros.localization.sequence) without odometry
-and without stamps (motion bounded by `max_step_m` per query); the places ranked by the belief after each query
+and without stamps (the filter estimates the speed per query itself); the places ranked by the belief after each query
 give a Recall@N to set next to single-frame retrieval's.
 """
 from __future__ import annotations
@@ -30,8 +30,7 @@ def sequence_rows(place_map: PlaceMap, queries: np.ndarray, config: SequenceConf
     out = np.full((len(queries), k), -1, dtype=np.int64)
     for q in range(len(queries)):
         localizer.update(None, hits.rows[q], hits.scores[q], float(levels[q]))
-        belief = localizer.belief + localizer.unmatched
-        top = np.argsort(-belief, kind="stable")[: min(k, n)]
+        top = localizer.ranked(min(k, n))
         out[q, : top.size] = top
     return out
 

@@ -1,0 +1,54 @@
+"""Measurement model: a frame's retrieval scores as log-likelihood ratios per place.
+
+Each retrieved place's score becomes a ratio through the map's fitted SimilarityModel, relative to the frame's own
+negative level; every place not retrieved gets the ratio of the last retrieved score (an upper bound). The ratio is
+mixed with `outlier_probability` (a view that matches nothing) and the map's alias rate (an unrelated place that
+looks the same), so one frame can neither erase a well-supported belief nor create one. Unmatched and off-map mass
+get a ratio of 1.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from dsformer_ros.localization.sequence.config import SequenceConfig
+from dsformer_ros.localization.sequence.sparse import positions_in
+from dsformer_ros.maps.similarity import SimilarityModel
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One frame's log-likelihood ratios: per retrieved row (best first), and `floor` for every other place."""
+
+    rows: np.ndarray
+    log_ratio: np.ndarray
+    floor: float
+
+    @property
+    def top(self) -> float:
+        """The largest ratio of any place or of the unmatched/off-map mass (0): the scale divided out."""
+        return max(float(self.log_ratio.max()), self.floor, 0.0)
+
+    def at(self, rows: np.ndarray) -> np.ndarray:
+        """The ratio of each of `rows`."""
+        order = np.argsort(self.rows)
+        at = positions_in(self.rows[order], rows)
+        out = np.full(rows.size, self.floor)
+        out[at >= 0] = self.log_ratio[order][at[at >= 0]]
+        return out
+
+
+def frame_evidence(model: SimilarityModel, cfg: SequenceConfig, places: int, alias_rate: float, rows: np.ndarray,
+                   scores: np.ndarray, reference: float) -> Evidence | None:
+    """The evidence of one frame's retrieved rows and scores (best first); None when nothing was retrieved."""
+    if rows.size == 0:
+        return None
+    reference = reference + cfg.alias_margin * model.alias_excess
+    raw = model.log_likelihood_ratio(np.append(scores, scores.min()), reference, places)
+    eps = cfg.outlier_probability
+    mixed = np.logaddexp(math.log1p(-eps) + raw, math.log(eps)) \
+        - np.logaddexp(math.log1p(-alias_rate), math.log(alias_rate) + raw)
+    floor = 0.0 if rows.size >= places else float(mixed[-1])
+    return Evidence(rows=rows, log_ratio=mixed[:-1], floor=floor)
