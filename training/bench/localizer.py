@@ -43,7 +43,8 @@ STATES = ("cold_start", "tracking", "lost", "relocalize", "after_kidnap", "off_m
 class BenchLocalizerConfig:
     """Map sizes, the city, the drive, retrieval, the localizer's settings and where the rows go."""
 
-    places: list[int] = dataclasses.field(default_factory=lambda: [10_000, 100_000, 1_000_000])
+    places: list[int] = dataclasses.field(default_factory=lambda: [10_000, 100_000, 1_000_000], metadata={"spec": {
+        "description": "map sizes (places; the city's grid comes as near as it can; 10000000 when memory allows)"}})
     city: CityConfig = dataclasses.field(default_factory=CityConfig)
     drive: DriveConfig = dataclasses.field(default_factory=DriveConfig)
     candidates: int = setting(50, "places retrieved per frame (exact search, not timed)", low=1)
