@@ -74,11 +74,12 @@ class BenchLocalizerConfig:
 
 @dataclasses.dataclass
 class Frames:
-    """What the localizer did on each frame of a drive: update time, places touched, fix (NaN: none), state."""
+    """What the localizer did on each frame of a drive: update time, places touched, the fix's distance from the
+    truth (inf: no fix) and the state it said."""
 
     ms: np.ndarray
     touched: np.ndarray
-    fix: np.ndarray
+    error_m: np.ndarray
     state: list[str]
 
 
@@ -99,7 +100,7 @@ def drive_localizer(loc: SequenceLocalizer, drive: Drive, retrieval: tuple, prog
     """Feed the drive to the localizer (odometry, then one update per frame; reset where the drive says)."""
     rows, scores, reference = retrieval
     ms, touched = np.empty(drive.frames), np.empty(drive.frames)
-    fix, states = np.full((drive.frames, 2), np.nan), []
+    error, states = np.full(drive.frames, np.inf), []
     for k in tqdm(range(drive.frames), desc=progress, unit="frame", disable=not progress, leave=False):
         if k == drive.reset_at:
             loc.reset()
@@ -110,9 +111,9 @@ def drive_localizer(loc: SequenceLocalizer, drive: Drive, retrieval: tuple, prog
         ms[k] = (time.perf_counter() - start) * 1e3
         touched[k] = loc.status()["sequence_places_touched"]
         if decision.fix is not None:
-            fix[k] = decision.fix.easting, decision.fix.northing
+            error[k] = math.hypot(decision.fix.easting - drive.xy[k, 0], decision.fix.northing - drive.xy[k, 1])
         states.append(decision.state)
-    return Frames(ms, touched, fix, states)
+    return Frames(ms, touched, error, states)
 
 
 def traced_peak_bytes(make, drive: Drive, retrieval: tuple) -> int:
@@ -150,7 +151,7 @@ def _first(mask: np.ndarray, start: int, stop: int | None = None) -> int | None:
 def drive_figures(drive: Drive, frames: Frames, labels: list[str], wrong_fix_m: float) -> dict:
     """Distances to the first fix (cold start) and the first correct fix after the fog, the reset and the kidnap;
     wrong fixes, fixes off the map, and the share of tracking frames with a correct fix."""
-    error = np.hypot(*(frames.fix - drive.xy).T)
+    error = frames.error_m
     fixed, correct = np.isfinite(error), error <= wrong_fix_m
     fog_end = int(np.flatnonzero(drive.fog)[-1]) + 1 if drive.fog.any() else None
 
@@ -166,7 +167,7 @@ def drive_figures(drive: Drive, frames: Frames, labels: list[str], wrong_fix_m: 
         "relocalized_m": distance(_first(correct, drive.reset_at, drive.kidnap_at), drive.reset_at),
         "reconverged_m": distance(_first(correct, drive.kidnap_at), drive.kidnap_at),
         "fixes": int(fixed.sum()),
-        "wrong_fixes": int((error > wrong_fix_m).sum()),
+        "wrong_fixes": int((fixed & (error > wrong_fix_m)).sum()),
         "off_map_fixes": int((fixed & (drive.beyond_m > wrong_fix_m)).sum()),
         "tracking_fix_share": round(float(correct[tracking].mean()), 3) if tracking.any() else None,
         "drive_frames": drive.frames,
@@ -180,9 +181,8 @@ def _log_events(drive: Drive, frames: Frames, labels: list[str]) -> None:
         if k > 0 and labels[k] == labels[k - 1] and k not in (drive.reset_at, drive.kidnap_at):
             continue
         if labels[k] == "tracking":
-            error = math.hypot(*(frames.fix[k - 1] - drive.xy[k - 1]))
             log.info("frame %d (%.0f m driven): %s ends with a fix %.1f m off", k - 1, drive.distance_m[k - 1],
-                     labels[k - 1], error)
+                     labels[k - 1], frames.error_m[k - 1])
             continue
         how = {drive.reset_at: " (localizer reset)", drive.kidnap_at: " (car carried off)"}.get(k, "")
         log.info("frame %d (%.0f m driven): %s begins%s; localizer %s", k, drive.distance_m[k], labels[k], how,
@@ -242,18 +242,16 @@ def bench_size(requested: int, cfg: BenchLocalizerConfig) -> list[dict]:
                                  position_sigma_m=0.0)
 
     frames = drive_localizer(make(), drive, retrieval, progress=f"{city.places} places")
-    error = np.hypot(*(frames.fix - drive.xy).T)
-    labels = label_frames(drive, np.where(np.isfinite(error), error, np.inf), cfg.wrong_fix_m)
+    labels = label_frames(drive, frames.error_m, cfg.wrong_fix_m)
     _log_events(drive, frames, labels)
     figures = drive_figures(drive, frames, labels, cfg.wrong_fix_m)
     log.info("drive figures: %s", figures)
     peak = traced_peak_bytes(make, drive, retrieval) if cfg.memory_pass else None
-    memory = {"bytes_per_place": round(peak / city.places, 1) if peak is not None else None,
-              "places_requested": requested}
+    size = {"places_requested": requested, "bytes_per_place": round(peak / city.places, 1) if peak else None}
     names = np.array(labels)
     rows = [_state_row(city.places, state, frames, names == state) for state in STATES if (names == state).any()]
     rows.append(_state_row(city.places, "all", frames, np.ones(drive.frames, dtype=bool)))
-    return [{**row, **memory, **figures} for row in rows]
+    return [{**row, **size, **figures} for row in rows]
 
 
 def run_benchmark(cfg: BenchLocalizerConfig) -> list[dict]:
