@@ -93,6 +93,7 @@ def test_bench_localizer_prints_and_writes_a_row_per_state_with_the_drive_figure
     assert drive["relocalized_m"] is not None
     assert 0 <= drive["wrong_fixes"] <= 0.05 * drive["fixes"] and drive["off_map_fixes"] == 0
     assert 0.0 < drive["tracking_fix_share"] <= 1.0
+    assert 0.0 <= drive["inside_95"] <= 1.0 and 0 <= drive["outside_999"] <= drive["fixes"]
     printed = capsys.readouterr().out
     assert all(state in printed for state in STATES) and "kidnap->fix m" in printed
 

@@ -33,9 +33,11 @@ from dsformer_ros.localization.sequence import SequenceConfig, SequenceLocalizer
 from dsformer_ros.maps.similarity import SimilarityModel, fit_similarity, reference_rows
 from training.bench.city import City, CityConfig, build_city, grid_for
 from training.bench.drive import Drive, DriveConfig, make_drive
+from training.replay.calibration import CHI2_2D_95
 
 log = logging.getLogger(__name__)
 
+CHI2_2D_999 = -2.0 * math.log(1.0 - 0.999)  # squared Mahalanobis radius of a 2D Gaussian's 99.9 % ellipse
 STATES = ("cold_start", "tracking", "lost", "relocalize", "after_kidnap", "off_map")
 
 
@@ -75,11 +77,12 @@ class BenchLocalizerConfig:
 @dataclasses.dataclass
 class Frames:
     """What the localizer did on each frame of a drive: update time, places touched, the fix's distance from the
-    truth (inf: no fix) and the state it said."""
+    truth (inf: no fix), its Mahalanobis distance against the fix's own x/y covariance (NaN: no fix) and the state."""
 
     ms: np.ndarray
     touched: np.ndarray
     error_m: np.ndarray
+    normalised_error: np.ndarray
     state: list[str]
 
 
@@ -100,7 +103,7 @@ def drive_localizer(loc: SequenceLocalizer, drive: Drive, retrieval: tuple, prog
     """Feed the drive to the localizer (odometry, then one update per frame; reset where the drive says)."""
     rows, scores, reference = retrieval
     ms, touched = np.empty(drive.frames), np.empty(drive.frames)
-    error, states = np.full(drive.frames, np.inf), []
+    error, normalised, states = np.full(drive.frames, np.inf), np.full(drive.frames, np.nan), []
     for k in tqdm(range(drive.frames), desc=progress, unit="frame", disable=not progress, leave=False):
         if k == drive.reset_at:
             loc.reset()
@@ -111,9 +114,11 @@ def drive_localizer(loc: SequenceLocalizer, drive: Drive, retrieval: tuple, prog
         ms[k] = (time.perf_counter() - start) * 1e3
         touched[k] = loc.status()["sequence_places_touched"]
         if decision.fix is not None:
-            error[k] = math.hypot(decision.fix.easting - drive.xy[k, 0], decision.fix.northing - drive.xy[k, 1])
+            e = np.array([decision.fix.easting, decision.fix.northing]) - drive.xy[k]
+            error[k] = math.hypot(*e)
+            normalised[k] = math.sqrt(e @ np.linalg.solve(decision.fix.covariance[:2, :2], e))
         states.append(decision.state)
-    return Frames(ms, touched, error, states)
+    return Frames(ms, touched, error, normalised, states)
 
 
 def traced_peak_bytes(make, drive: Drive, retrieval: tuple) -> int:
@@ -150,9 +155,11 @@ def _first(mask: np.ndarray, start: int, stop: int | None = None) -> int | None:
 
 def drive_figures(drive: Drive, frames: Frames, labels: list[str], wrong_fix_m: float) -> dict:
     """Distances to the first fix (cold start) and the first correct fix after the fog, the reset and the kidnap;
-    wrong fixes, fixes off the map, and the share of tracking frames with a correct fix."""
+    wrong fixes, fixes off the map, the share of fixes inside their own 95 % ellipse and the count outside their
+    99.9 % ellipse, and the share of tracking frames with a correct fix."""
     error = frames.error_m
     fixed, correct = np.isfinite(error), error <= wrong_fix_m
+    d2 = frames.normalised_error[fixed] ** 2
     fog_end = int(np.flatnonzero(drive.fog)[-1]) + 1 if drive.fog.any() else None
 
     def distance(frame: int | None, since: int | None) -> float | None:
@@ -169,6 +176,8 @@ def drive_figures(drive: Drive, frames: Frames, labels: list[str], wrong_fix_m: 
         "fixes": int(fixed.sum()),
         "wrong_fixes": int((fixed & (error > wrong_fix_m)).sum()),
         "off_map_fixes": int((fixed & (drive.beyond_m > wrong_fix_m)).sum()),
+        "inside_95": round(float((d2 <= CHI2_2D_95).mean()), 3) if fixed.any() else None,
+        "outside_999": int((d2 > CHI2_2D_999).sum()),
         "tracking_fix_share": round(float(correct[tracking].mean()), 3) if tracking.any() else None,
         "drive_frames": drive.frames,
         "driven_m": round(float(drive.distance_m[-1]), 1),
@@ -277,14 +286,16 @@ def format_table(rows: list[dict]) -> str:
                      f"{r['max_ms']:>8.2f} {r['places_touched']:>9.0f} {r['places_touched_max']:>11} "
                      f"{_cell(r['bytes_per_place'], '.0f'):>8}")
     head = (f"{'places':>9} {'driven m':>8} {'first fix m':>11} {'after fog m':>11} {'reset->fix m':>12} "
-            f"{'kidnap->fix m':>13} {'fixes':>6} {'wrong':>6} {'off map':>7} {'tracking fixed':>14}")
+            f"{'kidnap->fix m':>13} {'fixes':>6} {'wrong':>6} {'off map':>7} {'in 95%':>7} {'out 99.9%':>9} "
+            f"{'tracking fixed':>14}")
     lines += ["", head, "-" * len(head)]
     for r in rows:
         if r["state"] == "all":
             lines.append(f"{r['places']:>9} {r['driven_m']:>8.0f} {_cell(r['first_fix_m'], '.0f'):>11} "
                          f"{_cell(r['after_lost_m'], '.0f'):>11} {_cell(r['relocalized_m'], '.0f'):>12} "
                          f"{_cell(r['reconverged_m'], '.0f'):>13} {r['fixes']:>6} {r['wrong_fixes']:>6} "
-                         f"{r['off_map_fixes']:>7} {_cell(r['tracking_fix_share'], '.1%'):>14}")
+                         f"{r['off_map_fixes']:>7} {_cell(r['inside_95'], '.1%'):>7} {r['outside_999']:>9} "
+                         f"{_cell(r['tracking_fix_share'], '.1%'):>14}")
     return "\n".join(lines)
 
 
