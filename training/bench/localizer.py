@@ -20,6 +20,7 @@ import os
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import faiss
 import numpy as np
@@ -92,14 +93,23 @@ def fit_model(city: City, count: int) -> SimilarityModel:
     return fit_similarity(city.descriptors[rows], city.xy[rows], city.yaw[rows])
 
 
-def retrieve(descriptors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact top-k rows and scores of every query, and its reference level (median score against `reference_rows`)."""
+class Retrieval(NamedTuple):
+    """Per frame: the top rows (F, k), their scores, and the reference level (median score against
+    `reference_rows`)."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    reference: np.ndarray
+
+
+def retrieve(descriptors: np.ndarray, queries: np.ndarray, k: int) -> Retrieval:
+    """Exact top-k of every query over the map's descriptors and its reference level."""
     scores, rows = faiss.knn(queries, descriptors, min(k, len(descriptors)), metric=faiss.METRIC_INNER_PRODUCT)
     reference = np.median(queries @ descriptors[reference_rows(len(descriptors))].T, axis=1)
-    return rows.astype(np.int64), scores.astype(np.float64), reference.astype(np.float64)
+    return Retrieval(rows.astype(np.int64), scores.astype(np.float64), reference.astype(np.float64))
 
 
-def drive_localizer(loc: SequenceLocalizer, drive: Drive, retrieval: tuple, progress: str = "") -> Frames:
+def drive_localizer(loc: SequenceLocalizer, drive: Drive, retrieval: Retrieval, progress: str = "") -> Frames:
     """Feed the drive to the localizer (odometry, then one update per frame; reset where the drive says)."""
     rows, scores, reference = retrieval
     ms, touched = np.empty(drive.frames), np.empty(drive.frames)
@@ -121,7 +131,7 @@ def drive_localizer(loc: SequenceLocalizer, drive: Drive, retrieval: tuple, prog
     return Frames(ms, touched, error, normalised, states)
 
 
-def traced_peak_bytes(make, drive: Drive, retrieval: tuple) -> int:
+def traced_peak_bytes(make: Callable[[], SequenceLocalizer], drive: Drive, retrieval: Retrieval) -> int:
     """Peak memory traced by tracemalloc while `make()` builds a localizer and it drives `drive`."""
     tracemalloc.start()
     try:
