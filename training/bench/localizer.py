@@ -6,8 +6,8 @@ localizer runs (not timed). Only `SequenceLocalizer.update()` is timed. Each fra
 update met: cold_start (until the first correct fix), tracking, lost (fog, until a correct fix again), relocalize
 (after `reset()`, until a correct fix), after_kidnap (until a correct fix) and off_map (the car beyond the city).
 Memory: the peak traced by tracemalloc while the localizer is built and drives the same drive again (a second,
-untimed pass; numpy and Python allocations, not those of C++ libraries), divided by the places; the map's own arrays
-(positions, headings, ids, descriptors) are made before and not counted.
+untimed pass; numpy and Python allocations, not those of C++ libraries), divided by the places, and what it still
+holds at the end; the map's own arrays (positions, headings, ids, descriptors) are made before and not counted.
 """
 from __future__ import annotations
 
@@ -131,13 +131,16 @@ def drive_localizer(loc: SequenceLocalizer, drive: Drive, retrieval: Retrieval, 
     return Frames(ms, touched, error, normalised, states)
 
 
-def traced_peak_bytes(make: Callable[[], SequenceLocalizer], drive: Drive, retrieval: Retrieval) -> int:
-    """Peak memory traced by tracemalloc while `make()` builds a localizer and it drives `drive`."""
+def traced_bytes(make: Callable[[], SequenceLocalizer], drive: Drive, retrieval: Retrieval) -> tuple[int, int]:
+    """Memory traced by tracemalloc while `make()` builds a localizer and it drives `drive`: still held at the end
+    (the localizer alive) and the peak."""
     tracemalloc.start()
     try:
         loc = make()
         drive_localizer(loc, drive, retrieval)
-        return tracemalloc.get_traced_memory()[1]
+        held, peak = tracemalloc.get_traced_memory()
+        del loc
+        return held, peak
     finally:
         tracemalloc.stop()
 
@@ -265,8 +268,9 @@ def bench_size(requested: int, cfg: BenchLocalizerConfig) -> list[dict]:
     _log_events(drive, frames, labels)
     figures = drive_figures(drive, frames, labels, cfg.wrong_fix_m)
     log.info("drive figures: %s", figures)
-    peak = traced_peak_bytes(make, drive, retrieval) if cfg.memory_pass else None
-    size = {"places_requested": requested, "bytes_per_place": round(peak / city.places, 1) if peak else None}
+    held, peak = traced_bytes(make, drive, retrieval) if cfg.memory_pass else (None, None)
+    size = {"places_requested": requested, "bytes_per_place": round(peak / city.places, 1) if peak else None,
+            "held_bytes_per_place": round(held / city.places, 1) if held else None}
     names = np.array(labels)
     rows = [_state_row(city.places, state, frames, names == state) for state in STATES if (names == state).any()]
     rows.append(_state_row(city.places, "all", frames, np.ones(drive.frames, dtype=bool)))
@@ -286,7 +290,7 @@ def _cell(value, spec: str) -> str:
 def format_table(rows: list[dict]) -> str:
     """Per-state timings and touched places, then the drive's figures per map size, as fixed-width text."""
     head = (f"{'places':>9} {'state':<12} {'frames':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'touched':>9} "
-            f"{'max touched':>11} {'B/place':>8}")
+            f"{'max touched':>11} {'B/place':>8} {'held B/pl':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         if r["state"] == "skipped":
@@ -294,7 +298,7 @@ def format_table(rows: list[dict]) -> str:
             continue
         lines.append(f"{r['places']:>9} {r['state']:<12} {r['frames']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
                      f"{r['max_ms']:>8.2f} {r['places_touched']:>9.0f} {r['places_touched_max']:>11} "
-                     f"{_cell(r['bytes_per_place'], '.0f'):>8}")
+                     f"{_cell(r['bytes_per_place'], '.0f'):>8} {_cell(r['held_bytes_per_place'], '.0f'):>9}")
     head = (f"{'places':>9} {'driven m':>8} {'first fix m':>11} {'after fog m':>11} {'reset->fix m':>12} "
             f"{'kidnap->fix m':>13} {'fixes':>6} {'wrong':>6} {'off map':>7} {'in 95%':>7} {'out 99.9%':>9} "
             f"{'tracking fixed':>14}")
