@@ -1,0 +1,1 @@
+"""Benchmarks on synthetic worlds: the sequence localizer on a grid city (`bench-localizer`)."""
