@@ -21,8 +21,9 @@ from dsformer_ros.localization.sequence.transitions import (
 # The support keeps at most this many places; the smallest excesses join `anywhere` (spreading mass lowers the
 # concentration a fix needs: it can delay a fix, never create one).
 MAX_SUPPORT = 2048
-# Excess mass below this share of the whole belief changes no decision; it joins `anywhere`.
-PRUNE_SHARE = 1e-9
+# An excess below this share of the whole belief changes no decision (a fix needs fix_mass of it in one place); it
+# joins `anywhere`. A share, not a multiple of the `anywhere` level, so that the support does not grow with the map.
+PRUNE_SHARE = 1e-6
 
 
 @dataclass

@@ -17,13 +17,13 @@ import numpy as np
 from dsformer_ros.common.geometry import NS_PER_S
 from dsformer_ros.localization.odometry import OdometryTrack, OdomPose, motion_between
 from dsformer_ros.localization.pose_estimate import Fix
-from dsformer_ros.localization.sequence.belief import MAX_SUPPORT, PRUNE_SHARE, Belief
+from dsformer_ros.localization.sequence.belief import MAX_SUPPORT, Belief
 from dsformer_ros.localization.sequence.config import SequenceConfig
 from dsformer_ros.localization.sequence.fix import concentrated_fix
 from dsformer_ros.localization.sequence.gate import CONVERGED, SEARCHING, Concentration, FixGate
 from dsformer_ros.localization.sequence.measurement import Evidence, frame_evidence
 from dsformer_ros.localization.sequence.motion import PlaceGraph, Step, predict, speed_bins, uniform_speed
-from dsformer_ros.localization.sequence.off_map import LOOK_ALIKE_LENGTH_M, LookAlike
+from dsformer_ros.localization.sequence.off_map import LOOK_ALIKE_LENGTH_M, OFF_MAP_MIN_SHARE, LookAlike
 from dsformer_ros.localization.sequence.sparse import Support, positions_in, weigh_excess
 from dsformer_ros.localization.sequence.transitions import (
     ANYWHERE, MATCHED, OFF_MAP_TRACKED, OFF_MAP_UNKNOWN, UNMATCHED, transition_table,
@@ -67,6 +67,7 @@ class SequenceLocalizer:
         self.position_sigma_m = position_sigma_m
         self.heading_sigma = math.radians(config.heading_tolerance_deg)
         self.alias_rate = min(max(model.alias_rate, math.log(2.0) / self.n), 0.5)
+        self.null_level = model.null_level(self.n)
         self.table = transition_table(config)
         self.speeds = speed_bins(config)
         self.odometry = OdometryTrack(config.odometry_max_speed_mps, config.odometry_tolerance_s)
@@ -135,7 +136,8 @@ class SequenceLocalizer:
             if self.frames_since_reset > 0:
                 self._motion_update(step)
             self.frames_since_reset += 1
-            evidence = frame_evidence(self.model, self.config, self.n, self.alias_rate, rows, scores, reference)
+            evidence = frame_evidence(self.model, self.config, self.null_level, self.n, self.alias_rate, rows, scores,
+                                      reference)
             prior = self._observation_update(evidence)
             decision = self._decide(evidence, prior, rows, scores, step.motion is not None)
             self.last_decision = decision
@@ -174,7 +176,7 @@ class SequenceLocalizer:
             drove = np.isfinite(moved.yaw)  # matched mass that drove off the mapped roads: a track where it left
             unknown += float(moved.leaked[~drove, 0].sum())
             unknown += belief.tracks.add(moved.centre[drove], moved.yaw[drove], moved.sigma[drove],
-                                         moved.leaked[drove, 0])
+                                         moved.leaked[drove, 0], OFF_MAP_MIN_SHARE * float(belief.masses().sum()))
         else:
             unknown += float(moved.leaked[:, 0].sum()) + belief.tracks.total()  # no odometry: no dead reckoning
             belief.tracks.mass = np.zeros(belief.tracks.mass.size)
@@ -210,7 +212,7 @@ class SequenceLocalizer:
             twin = LookAlike(moved.support.rows, moved.support.matched * fade, twin.level * fade + inflow)
         else:
             twin = LookAlike(np.zeros(0, dtype=np.int64), np.zeros(0), twin.level * fade + inflow)
-        self.look_alike = twin.pruned(self.n, PRUNE_SHARE * float(self.belief.masses().sum()), MAX_SUPPORT)
+        self.look_alike = twin.pruned(self.n, OFF_MAP_MIN_SHARE * float(self.belief.masses().sum()), MAX_SUPPORT)
 
     def _observation_update(self, evidence: Evidence | None) -> tuple[Support, float]:
         """Weigh every place by its evidence (unmatched and off-map mass: ratio 1); the matched mass before it."""
@@ -258,7 +260,9 @@ class SequenceLocalizer:
         twin = float(self.look_alike.at(near).sum())
         on_map = belief.on_map() + twin
         held = float(where.sum())
-        log_ratio = evidence.at(near) if evidence is not None else np.zeros(near.size)
+        # A place the frame did not retrieve cannot confirm a fix: its ratio (the last retrieved one's) is only an
+        # upper bound, so it counts for agreement at most as "no evidence".
+        log_ratio = evidence.confirmed(near) if evidence is not None else np.zeros(near.size)
         prior_support, prior_anywhere = prior
         before = np.full(near.size, prior_anywhere)
         was = positions_in(prior_support.rows, near)

@@ -40,13 +40,19 @@ class Evidence:
         return out
 
 
-def frame_evidence(model: SimilarityModel, cfg: SequenceConfig, places: int, alias_rate: float, rows: np.ndarray,
-                   scores: np.ndarray, reference: float) -> Evidence | None:
-    """The evidence of one frame's retrieved rows and scores (best first); None when nothing was retrieved."""
+    def confirmed(self, rows: np.ndarray) -> np.ndarray:
+        """The ratio of each of `rows` as evidence for them: the retrieved rows' own, at most 0 for the others."""
+        return np.minimum(self.at(rows), np.where(np.isin(rows, self.rows), np.inf, 0.0))
+
+
+def frame_evidence(model: SimilarityModel, cfg: SequenceConfig, null_level: float, places: int, alias_rate: float,
+                   rows: np.ndarray, scores: np.ndarray, reference: float) -> Evidence | None:
+    """The evidence of one frame's retrieved rows and scores (best first), the map's `null_level` (the model's for
+    its places) given; None when nothing was retrieved."""
     if rows.size == 0:
         return None
-    reference = reference + cfg.alias_margin * model.alias_excess
-    raw = model.log_likelihood_ratio(np.append(scores, scores.min()), reference, places)
+    zero = reference + cfg.alias_margin * model.alias_excess + null_level
+    raw = model.slope * (np.append(scores, scores.min()) - zero)
     eps = cfg.outlier_probability
     mixed = np.logaddexp(math.log1p(-eps) + raw, math.log(eps)) \
         - np.logaddexp(math.log1p(-alias_rate), math.log(alias_rate) + raw)

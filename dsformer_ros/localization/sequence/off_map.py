@@ -28,6 +28,10 @@ TRACK_CELL_M = 5.0
 TRACK_HEADING_BINS = 8
 MAX_TRACKS = 64
 TRACK_MAX_SIGMA_M = 60.0
+# Off-map mass below this share of the belief changes no decision: a smaller track joins the off-map mass of unknown
+# position (while tracking, the tail of the prediction beyond a road's end leaks a little every frame), a smaller
+# look-alike excess the twin's uniform level.
+OFF_MAP_MIN_SHARE = 1e-6
 # The look-alike twin fades with the distance driven on this scale (m).
 LOOK_ALIKE_LENGTH_M = 50.0
 
@@ -58,9 +62,9 @@ class OffMapTracks:
         self.yaw = self.yaw + motion.dyaw
         self.sigma = np.hypot(self.sigma + noise_fraction * motion.distance, noise_m)
 
-    def add(self, xy: np.ndarray, yaw: np.ndarray, sigma: np.ndarray, mass: np.ndarray) -> float:
+    def add(self, xy: np.ndarray, yaw: np.ndarray, sigma: np.ndarray, mass: np.ndarray, min_mass: float) -> float:
         """Add tracks, merge those sharing a cell and heading bin, keep the largest; returns the mass given up (too
-        many tracks, or positions no longer known) for the off-map mass of unknown position."""
+        many tracks, below `min_mass`, or positions no longer known) for the off-map mass of unknown position."""
         xy, yaw = np.vstack([self.xy, xy]), np.concatenate([self.yaw, yaw])
         sigma, mass = np.concatenate([self.sigma, sigma]), np.concatenate([self.mass, mass])
         keep = mass > 0
@@ -81,7 +85,7 @@ class OffMapTracks:
         order = np.argsort(-total)
         keep = np.zeros(total.size, dtype=bool)
         keep[order[:MAX_TRACKS]] = True
-        keep &= np.sqrt(var) <= TRACK_MAX_SIGMA_M
+        keep &= (np.sqrt(var) <= TRACK_MAX_SIGMA_M) & (total >= min_mass)
         self.xy, self.yaw, self.sigma, self.mass = mean[keep], heading[keep], np.sqrt(var[keep]), total[keep]
         return float(total[~keep].sum())
 
