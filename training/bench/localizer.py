@@ -197,9 +197,13 @@ def drive_figures(drive: Drive, frames: Frames, labels: list[str], wrong_fix_m: 
     }
 
 
-def _log_events(drive: Drive, frames: Frames, labels: list[str]) -> None:
-    """Say what happened on the drive: where each situation began, and the correct fix that ended it."""
+def _log_events(drive: Drive, frames: Frames, labels: list[str], wrong_fix_m: float) -> None:
+    """Say what happened on the drive: where each situation began, the correct fix that ended it, and every wrong
+    fix."""
     for k in range(drive.frames):
+        if np.isfinite(frames.error_m[k]) and frames.error_m[k] > wrong_fix_m:
+            log.warning("frame %d (%.0f m driven, %s): a wrong fix, %.0f m off (%.1f sigma)", k, drive.distance_m[k],
+                        labels[k], frames.error_m[k], frames.normalised_error[k])
         if k > 0 and labels[k] == labels[k - 1] and k not in (drive.reset_at, drive.kidnap_at):
             continue
         if labels[k] == "tracking":
@@ -265,7 +269,7 @@ def bench_size(requested: int, cfg: BenchLocalizerConfig) -> list[dict]:
 
     frames = drive_localizer(make(), drive, retrieval, progress=f"{city.places} places")
     labels = label_frames(drive, frames.error_m, cfg.wrong_fix_m)
-    _log_events(drive, frames, labels)
+    _log_events(drive, frames, labels, cfg.wrong_fix_m)
     figures = drive_figures(drive, frames, labels, cfg.wrong_fix_m)
     log.info("drive figures: %s", figures)
     held, peak = traced_bytes(make, drive, retrieval) if cfg.memory_pass else (None, None)
