@@ -85,7 +85,7 @@ def test_bench_localizer_prints_and_writes_a_row_per_state_with_the_drive_figure
     for r in rows:
         assert 2500 <= r["places"] <= 3500 and r["places_requested"] == 3000
         assert 0.0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"]
-        assert 0 < r["places_touched"] <= r["places_touched_max"] <= r["places"]
+        assert 0 < r["places_touched"] <= r["places_touched_max"]
         assert 0 < r["held_bytes_per_place"] <= r["bytes_per_place"]
     drive = rows[0]
     assert drive["first_fix_m"] is not None and drive["first_fix_m"] <= 150.0, "a fix from a cold start"

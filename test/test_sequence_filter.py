@@ -100,6 +100,17 @@ def test_fix_gate_states_and_reasons() -> None:
     assert state == SEARCHING and "30.0% of the on-map belief" in reason
 
 
+def test_fix_gate_refuses_a_contradicting_frame_whatever_the_credit() -> None:
+    """After strong frames the running agreement carries credit; a frame against the places by 0.85 nats leaves the
+    agreement above agreement_evidence, but contradiction_evidence (0.75) refuses the fix; at 20 nats it is given."""
+    for limit, want in ((0.75, SEARCHING), (20.0, CONVERGED)):
+        gate = FixGate(SequenceConfig(contradiction_evidence=limit, keep_evidence=20.0), 0.001)
+        for _ in range(5):
+            assert gate.judge(concentration(frame_evidence=4.0))[0] == CONVERGED
+        state, _ = gate.judge(concentration(frame_evidence=-0.85, best_match_among=False))
+        assert gate.agreement >= gate.cfg.agreement_evidence and state == want
+
+
 def test_fix_gate_keeps_a_fix_through_a_weak_frame_but_starts_none_on_one() -> None:
     weak = dict(frame_evidence=-0.5, best_match_among=True)
     gate = FixGate(SequenceConfig(agreement_evidence=1.0, keep_evidence=0.0), 0.01)

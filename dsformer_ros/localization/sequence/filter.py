@@ -260,9 +260,7 @@ class SequenceLocalizer:
         twin = float(self.look_alike.at(near).sum())
         on_map = belief.on_map() + twin
         held = float(where.sum())
-        # A place the frame did not retrieve cannot confirm a fix: its ratio (the last retrieved one's) is only an
-        # upper bound, so it counts for agreement at most as "no evidence".
-        log_ratio = evidence.confirmed(near) if evidence is not None else np.zeros(near.size)
+        log_ratio = evidence.at(near) if evidence is not None else np.zeros(near.size)
         prior_support, prior_anywhere = prior
         before = np.full(near.size, prior_anywhere)
         was = positions_in(prior_support.rows, near)
