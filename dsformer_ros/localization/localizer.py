@@ -24,7 +24,8 @@ from dsformer_ros.inference.methods import DescriptorMethod
 from dsformer_ros.inference.precision import PRECISIONS
 from dsformer_ros.inference.preprocess import PreprocessConfig
 from dsformer_ros.localization.pose_estimate import Candidates, Decision, TemporalFilter, decide
-from dsformer_ros.localization.sequence import SequenceConfig, SequenceLocalizer
+from dsformer_ros.localization.odometry import OdometryConfig
+from dsformer_ros.localization.sequence import SEQUENCE, SequenceConfig, SequenceLocalizer
 from dsformer_ros.maps.placemap import MapError, PlaceMap
 from dsformer_ros.maps.similarity import (
     SimilarityFitError,
@@ -129,13 +130,19 @@ class LocalizerConfig:
         choices=MODES, section=ACCEPT,
     )
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
+    measurement_candidates: int = setting(
+        50, "Mode sequence: places retrieved per frame for the filter's measurement (every other place gets a "
+        "score below the last one's).", low=1, high=100000, section=SEQUENCE,
+    )
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    odometry: OdometryConfig = field(default_factory=OdometryConfig)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field (a checkpoint is checked where it is loaded)."""
         check_fields(self)
         self.acceptance.validate()
         self.sequence.validate()
+        self.odometry.validate()
         if not self.map_path:
             raise ConfigError("map_path: a map directory is required")
         check_device_name(self.device)
@@ -206,7 +213,7 @@ class Localizer:
         self.sequence: SequenceLocalizer | None = None
         self._reference = np.zeros((0, place_map.dim), dtype=np.float32)
         if config.mode == "sequence":
-            self.sequence = sequence_localizer(place_map, config.sequence, self.floor_sigma_m)
+            self.sequence = sequence_localizer(place_map, config.sequence, self.floor_sigma_m, config.odometry)
             self._reference = np.asarray(place_map.descriptors[reference_rows(len(place_map))], dtype=np.float32)
 
     @classmethod
@@ -266,7 +273,7 @@ class Localizer:
         """Places retrieved per frame: top_k, or more for the sequence filter's measurement."""
         k = self.config.top_k
         if self.sequence is not None:
-            k = max(k, self.config.sequence.measurement_candidates)
+            k = max(k, self.config.measurement_candidates)
         return min(k, len(self.place_map))
 
     @property
@@ -334,7 +341,8 @@ class Localizer:
             self.sequence.reset()
 
 
-def sequence_localizer(place_map: PlaceMap, config: SequenceConfig, floor_sigma_m: float) -> SequenceLocalizer:
+def sequence_localizer(place_map: PlaceMap, config: SequenceConfig, floor_sigma_m: float,
+                       odometry: OdometryConfig | None = None) -> SequenceLocalizer:
     """The sequence filter over a map's places with the map's measurement model (fitted now if the map has none)."""
     try:
         model = map_similarity(place_map)
@@ -342,4 +350,5 @@ def sequence_localizer(place_map: PlaceMap, config: SequenceConfig, floor_sigma_
         raise LocalizerError(f"sequence mode needs the map's similarity model: {exc}") from None
     xy, yaw = place_poses(place_map)
     noise = position_noise_m(xy, np.asarray(place_map.metadata.stamp_ns))
-    return SequenceLocalizer(xy, yaw, np.asarray(place_map.metadata.place_id), model, config, floor_sigma_m, noise)
+    return SequenceLocalizer(xy, yaw, np.asarray(place_map.metadata.place_id), model, config, floor_sigma_m, noise,
+                             odometry)

@@ -14,6 +14,8 @@ import math
 import threading
 from dataclasses import dataclass
 
+from dsformer_ros.common.params import check_fields, setting
+
 NS = 1_000_000_000
 REJECTIONS = ("nonfinite", "time_not_increasing", "jump")
 
@@ -55,6 +57,24 @@ def motion_between(a: OdomPose, b: OdomPose) -> Motion | None:
     c, s = math.cos(a.yaw), math.sin(a.yaw)
     ex, ny = b.x - a.x, b.y - a.y
     return Motion(c * ex + s * ny, -s * ex + c * ny, wrap(b.yaw - a.yaw))
+
+
+@dataclass
+class OdometryConfig:
+    """The odometry gate's settings; each field is also the node parameter of that name."""
+
+    odometry_max_speed_mps: float = setting(
+        60.0, "Odometry implying a faster motion is a jump: counted in diagnostics and ignored.",
+        low=0.1, high=10000.0, section="input",
+    )
+    odometry_tolerance_s: float = setting(
+        0.5, "A frame stamped farther than this outside the odometry received is localized without odometry.",
+        low=0.0, high=60.0, section="input",
+    )
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid field."""
+        check_fields(self)
 
 
 class OdometryTrack:

@@ -14,6 +14,7 @@ from dsformer_ros.common.config import ConfigError, from_dict
 from dsformer_ros.common.params import Spec, check_fields, setting, specs
 from dsformer_ros.inference.image_codec import MAX_PIXELS
 from dsformer_ros.localization.localizer import ACCEPT, MODEL, AcceptanceConfig, LocalizerConfig
+from dsformer_ros.localization.odometry import OdometryConfig
 from dsformer_ros.localization.sequence import SEQUENCE, SequenceConfig
 from dsformer_ros.ros.frame_decoder import DECODERS
 
@@ -98,7 +99,7 @@ class NodeSettings:
 
 
 # The node's settings objects; their declared fields together are the node's parameters (names are unique).
-GROUPS = (NodeSettings, LocalizerConfig, AcceptanceConfig, SequenceConfig)
+GROUPS = (NodeSettings, LocalizerConfig, AcceptanceConfig, SequenceConfig, OdometryConfig)
 PARAMETERS: tuple[Spec, ...] = tuple(spec for group in GROUPS for spec in specs(group))
 
 
@@ -159,11 +160,12 @@ def read_settings(node: "Node") -> tuple[NodeSettings, LocalizerConfig]:
     """The current parameter values as validated settings; ConfigError names the bad or unknown parameter."""
     check_overrides(node)
     values = {spec.name: node.get_parameter(spec.name).value for spec in PARAMETERS}
-    node_settings, localizer, acceptance, sequence = (
+    node_settings, localizer, acceptance, sequence, odometry = (
         {spec.name: values[spec.name] for spec in specs(group)} for group in GROUPS
     )
     settings = from_dict(NodeSettings, node_settings)
-    config = from_dict(LocalizerConfig, {**localizer, "acceptance": acceptance, "sequence": sequence})
+    config = from_dict(LocalizerConfig, {**localizer, "acceptance": acceptance, "sequence": sequence,
+                                         "odometry": odometry})
     return settings, config
 
 

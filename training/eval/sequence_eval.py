@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 
-from dsformer_ros.localization.localizer import sequence_localizer
+from dsformer_ros.localization.localizer import LocalizerConfig, sequence_localizer
 from dsformer_ros.localization.sequence import SequenceConfig
 from dsformer_ros.maps.placemap import PlaceMap
 from dsformer_ros.maps.similarity import reference_rows
@@ -24,7 +24,8 @@ def sequence_rows(place_map: PlaceMap, queries: np.ndarray, config: SequenceConf
     """(Q, k) map rows ranked by the sequence filter's belief after each query, queries taken in order."""
     n = len(place_map)
     localizer = sequence_localizer(place_map, config, place_map.keyframe_spacing_m() / 2.0)
-    hits = place_map.search(np.asarray(queries, dtype=np.float32), min(max(k, config.measurement_candidates), n))
+    candidates = LocalizerConfig.measurement_candidates  # the node's default
+    hits = place_map.search(np.asarray(queries, dtype=np.float32), min(max(k, candidates), n))
     reference = np.asarray(place_map.descriptors[reference_rows(n)], dtype=np.float32)
     levels = np.median(np.asarray(queries, dtype=np.float32) @ reference.T, axis=1)
     out = np.full((len(queries), k), -1, dtype=np.int64)

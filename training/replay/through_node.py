@@ -54,9 +54,10 @@ class _Answer:
 
 def node_parameters(cfg: ReplayConfig, loc_cfg: LocalizerConfig, input_type: str) -> dict[str, Any]:
     """The node's parameters for a replay: the localizer settings of both modes, sim time, no rate limit."""
-    params = {k: v for k, v in to_dict(loc_cfg).items() if k not in ("acceptance", "sequence")}
-    params.update(to_dict(loc_cfg.acceptance))
-    params.update(to_dict(loc_cfg.sequence))
+    sections = ("acceptance", "sequence", "odometry")
+    params = {k: v for k, v in to_dict(loc_cfg).items() if k.split(".")[0] not in sections}
+    for section in sections:
+        params.update(to_dict(getattr(loc_cfg, section)))
     params.update({
         "odometry_topic": cfg.odometry_topic,
         "use_sim_time": True,

@@ -91,24 +91,11 @@ class SequenceConfig:
         "concentrated places and beats an unrelated one, when the running agreement is at least this.",
         low=0.0, high=20.0, section=SEQUENCE,
     )
-    measurement_candidates: int = setting(
-        50, "Measurement: places retrieved per frame (every other place gets the last one's score).",
-        low=1, high=100000, section=SEQUENCE,
-    )
     # Fix covariance (fix.py)
     lateral_sigma_m: float = setting(
         2.9, "Fix covariance: across the road (m, 1 sigma), where a car can be on the road of the place it matches "
         "(lanes); fitted on drives with ground truth by `dsformer-vpr sweep`.", low=0.0, high=100.0,
         section=SEQUENCE,
-    )
-    # Odometry gate (odometry.OdometryTrack)
-    odometry_max_speed_mps: float = setting(
-        60.0, "Odometry implying a faster motion is a jump: counted in diagnostics and ignored.",
-        low=0.1, high=10000.0, section=SEQUENCE,
-    )
-    odometry_tolerance_s: float = setting(
-        0.5, "A frame stamped farther than this outside the odometry received is localized without odometry.",
-        low=0.0, high=60.0, section=SEQUENCE,
     )
 
     def validate(self) -> None:

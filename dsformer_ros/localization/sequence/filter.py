@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dsformer_ros.common.geometry import NS_PER_S
-from dsformer_ros.localization.odometry import OdometryTrack, OdomPose, motion_between
+from dsformer_ros.localization.odometry import OdometryConfig, OdometryTrack, OdomPose, motion_between
 from dsformer_ros.localization.pose_estimate import Fix
 from dsformer_ros.localization.sequence.belief import MAX_SUPPORT, Belief
 from dsformer_ros.localization.sequence.config import SequenceConfig
@@ -47,7 +47,8 @@ class SequenceLocalizer:
     """The belief over a map's places (plus off the map) and its per-frame update from odometry and retrieval."""
 
     def __init__(self, xy: np.ndarray, yaw: np.ndarray, place_ids: np.ndarray, model: SimilarityModel,
-                 config: SequenceConfig, floor_sigma_m: float, position_sigma_m: float = 0.0) -> None:
+                 config: SequenceConfig, floor_sigma_m: float, position_sigma_m: float = 0.0,
+                 odometry: OdometryConfig | None = None) -> None:
         config.validate()
         xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
         yaw = np.asarray(yaw, dtype=np.float64)
@@ -70,7 +71,9 @@ class SequenceLocalizer:
         self.null_level = model.null_level(self.n)
         self.table = transition_table(config)
         self.speeds = speed_bins(config)
-        self.odometry = OdometryTrack(config.odometry_max_speed_mps, config.odometry_tolerance_s)
+        odometry = odometry or OdometryConfig()
+        odometry.validate()
+        self.odometry = OdometryTrack(odometry.odometry_max_speed_mps, odometry.odometry_tolerance_s)
         self.frames = 0
         self.frames_without_odometry = 0
         self.resets = 0
