@@ -25,7 +25,7 @@ from dsformer_ros.inference.precision import PRECISIONS
 from dsformer_ros.inference.preprocess import PreprocessConfig
 from dsformer_ros.localization.pose_estimate import Candidates, Decision, TemporalFilter, decide
 from dsformer_ros.localization.sequence import SequenceConfig, SequenceLocalizer
-from dsformer_ros.maps.placemap import MapError, PlaceMap
+from dsformer_ros.maps.placemap import MapError, MapMismatchError, PlaceMap
 from dsformer_ros.maps.similarity import (
     SimilarityFitError,
     map_similarity,
@@ -177,10 +177,12 @@ def _load_map(config: LocalizerConfig, identity: tuple[str, int, str], source: s
             expect_dim=dim,
             verify_checksums=config.verify_map_checksums,
         )
-    except MapError as exc:
+    except MapMismatchError as exc:
         raise LocalizerError(
             f"map {config.map_path} does not fit {source} ({variant}, dim {dim}, sha256 {fingerprint}): {exc}"
         ) from None
+    except MapError as exc:
+        raise LocalizerError(f"map {config.map_path} cannot be loaded: {exc}") from None
     if len(place_map) < 2:
         raise LocalizerError(f"map {config.map_path} has {len(place_map)} place(s); localization needs at least 2")
     ids = np.asarray(place_map.metadata.place_id)
