@@ -185,3 +185,87 @@ def test_nan_descriptors_never_leave_the_extractor() -> None:
         next(p for n, p in model.named_parameters() if n.endswith("weight") and p.ndim == 2).fill_(float("nan"))
     with pytest.raises(DescriptorError, match="NaN, inf or zero"):
         extractor.describe([image, image])
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    """A real checkpoint in our format (an untrained EfficientNet-Lite0 DSFormer at 64 px)."""
+    import dataclasses
+
+    from dsformer_ros.model.checkpoint import save_checkpoint
+
+    torch.set_num_threads(1)
+    model = load_model(config=dataclasses.replace(preset("efficientnet_lite0"), image_size=(64, 64)), device="cpu")
+    path = tmp_path_factory.mktemp("saved") / "model.pt"
+    save_checkpoint(path, model)
+    return path
+
+
+def _flip_a_weight_bit(source: Path, out: Path) -> Path:
+    """A copy of `source` with the lowest bit of one float of its largest tensor flipped (still finite)."""
+    state = read_checkpoint(source).state_dict
+    tensor = max(state.values(), key=lambda t: t.numel())
+    data = bytearray(source.read_bytes())
+    at = data.find(tensor.contiguous().numpy().tobytes()[:256])
+    assert at > 0
+    data[at + 64] ^= 1
+    out.write_bytes(bytes(data))
+    return out
+
+
+def _cli_error(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """Run `dsformer-vpr argv` in-process; it must fail with exit code 2 and one error line, returned."""
+    from training.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if f"dsformer-vpr {argv[0]}: error: " in line]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_flipped_tensor_bytes_are_refused_by_load_describe_and_export(saved: Path, tmp_path: Path, capsys) -> None:
+    damaged = _flip_a_weight_bit(saved, tmp_path / "damaged.pt")
+    assert torch.load(damaged, weights_only=True)["version"] == 2  # the file itself still reads
+    message = f"checkpoint {damaged} is damaged: its tensors do not match the digest they were saved with"
+    with pytest.raises(CheckpointError, match=message):
+        read_checkpoint(damaged)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(damaged, device="cpu")
+    image = tmp_path / "image.png"
+    import cv2
+
+    cv2.imwrite(str(image), np.zeros((64, 64, 3), dtype=np.uint8))
+    assert message in _cli_error(["describe", str(image), "--out", str(tmp_path / "o.npy"), "--device", "cpu",
+                                  "--checkpoint", str(damaged)], capsys)
+    assert message in _cli_error(["export", "--checkpoint", str(damaged), "--out", str(tmp_path / "m.onnx")], capsys)
+    assert not (tmp_path / "o.npy").exists() and not (tmp_path / "m.onnx").exists()
+    assert read_checkpoint(saved).config.image_size == (64, 64)  # the intact file reads
+
+
+def test_flipped_tensor_bytes_are_refused_when_training_resumes(saved: Path, tmp_path: Path) -> None:
+    from training.train.train import _from_checkpoint
+
+    damaged = _flip_a_weight_bit(saved, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match=f"checkpoint {damaged} is damaged"):
+        _from_checkpoint(damaged, None)
+
+
+@pytest.mark.parametrize(("changes", "match"), [
+    ({"version": 0}, "has format version 0; this build reads 1..2"),
+    ({"version": True}, "has format version True; this build reads 1..2"),
+    ({"version": 2}, "lacks the digest of its tensors"),
+    ({"state_dict": {**_weights(), "head.weight": torch.randn(8, 4, dtype=torch.complex64)}},
+     "weight 'head.weight' is torch.complex64; weights are real-valued tensors"),
+])
+def test_known_bad_payloads_are_one_checkpoint_error(tmp_path: Path, changes: dict, match: str) -> None:
+    path = _ours(tmp_path / "bad.pt", **changes)
+    with pytest.raises(CheckpointError, match=f"checkpoint {path}.*{match}"):
+        read_checkpoint(path)
+
+
+def test_version_1_checkpoints_without_a_digest_still_read_and_say_so(tmp_path: Path, caplog) -> None:
+    path = _ours(tmp_path / "old.pt")
+    with caplog.at_level("WARNING"):
+        assert read_checkpoint(path).provenance == {"run": "test"}
+    assert f"checkpoint {path} (format version 1) carries no digest of its tensors" in caplog.text
