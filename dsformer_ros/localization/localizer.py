@@ -118,7 +118,8 @@ class LocalizerConfig:
         2, "Model runs on a blank image at configure, so the first frame is not slow.", low=0, high=100, section=MODEL
     )
     verify_map_checksums: bool = setting(
-        True, "Check the SHA-256 of every map file at configure (slow for very large maps).", section=MODEL
+        True, "Check the SHA-256 of every map file at configure (seconds per GB); off skips only the hashing: "
+        "every descriptor, id, position, heading and stamp is checked either way.", section=MODEL
     )
     top_k: int = setting(5, "Candidates per frame in ~/candidates.", low=1, high=1000, section="output")
     mode: str = setting(

@@ -405,7 +405,7 @@ class PlaceMap:
         metadata.validate()
         config = manifest.index_config()
         try:
-            index = faiss.deserialize_index(np.frombuffer(contents.pop(INDEX), dtype=np.uint8))
+            index = faiss.read_index(faiss.PyCallbackIOReader(io.BytesIO(contents.pop(INDEX)).read))
         except RuntimeError as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
             raise MapError(f"{INDEX} is corrupt or unreadable: {first_line}") from None
