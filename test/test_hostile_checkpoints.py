@@ -269,3 +269,25 @@ def test_version_1_checkpoints_without_a_digest_still_read_and_say_so(tmp_path: 
     with caplog.at_level("WARNING"):
         assert read_checkpoint(path).provenance == {"run": "test"}
     assert f"checkpoint {path} (format version 1) carries no digest of its tensors" in caplog.text
+
+
+@FUZZ
+@given(flips=_damage)
+def test_damaged_version_2_checkpoints_are_refused_or_hold_the_saved_tensors(tmp_path: Path, flips) -> None:
+    """With the digest, no damage can change a tensor unnoticed: what still reads holds exactly the saved weights."""
+    from dsformer_ros.model.checkpoint import DIGEST, state_dict_sha256
+
+    good = _ours(tmp_path / "good.pt", version=2, **{DIGEST: state_dict_sha256(_weights())})
+    data = bytearray(good.read_bytes())
+    for at, value in flips:
+        data[at % len(data)] ^= value
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(bytes(data))
+    try:
+        ckpt = read_checkpoint(path)
+    except CheckpointError as exc:
+        assert f"checkpoint {path}" in str(exc)
+        event("refused")
+    else:
+        event("read")
+        assert state_dict_sha256(ckpt.state_dict) == state_dict_sha256(_weights())

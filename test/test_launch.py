@@ -3,7 +3,10 @@
 The launch system and ros2cli come from ../shared/vendor/ros2-launch (skipped where absent). One launch with
 `namespace:=robot1 use_sim_time:=true` is driven through its life: lifecycle to active (ros2 lifecycle), sim time
 taken from /clock, images answered, then Ctrl-C as a terminal sends it (SIGINT to the whole process group, so the
-node gets two). That a failed configure ends the launch is checked against the colcon install (test_packaging).
+node gets two). Then 20 launches each get one SIGINT sent to launch alone (as kill -INT and supervisors do), with and
+without a terminal, with and without images arriving: every one ends within 5 s (about 10 s a trial on 2 busy
+cores, mostly start-up). That a failed configure ends the launch is checked against the colcon install
+(test_packaging).
 """
 from __future__ import annotations
 
@@ -220,7 +223,8 @@ def test_sigint_to_launch_alone_ends_launch_and_node_every_time(env, assets, tmp
     try:
         for trial in range(SIGINT_TRIALS):
             in_flight, terminal = trial % 2 == 0, trial % 4 >= 2
-            what = f"trial {trial} ({'frames in flight' if in_flight else 'idle'}, {'a' if terminal else 'no'} terminal)"
+            what = (f"trial {trial} ({'frames in flight' if in_flight else 'idle'}, "
+                    f"{'a' if terminal else 'no'} terminal)")
             launch = Launch(env, tmp_path / f"launch{trial}.log", f"params_file:={params}", terminal=terminal)
             try:
                 launch.wait_for_log("active: listening", START_TIMEOUT_S)
@@ -231,15 +235,17 @@ def test_sigint_to_launch_alone_ends_launch_and_node_every_time(env, assets, tmp
                 started = time.monotonic()
                 os.kill(launch.proc.pid, signal.SIGINT)
                 deadline = started + EXIT_AFTER_SIGINT_S
-                while (launch.proc.poll() is None or _session_processes(launch.proc.pid)) and time.monotonic() < deadline:
+                while ((launch.proc.poll() is None or _session_processes(launch.proc.pid))
+                       and time.monotonic() < deadline):
                     if in_flight:
                         images.publish(msg)
                     time.sleep(0.02)
                 exits.append(time.monotonic() - started)
                 left = _session_processes(launch.proc.pid)
-                if launch.proc.poll() is None or left or "Traceback" in launch.log() or "process has died" in launch.log():
+                log = launch.log()
+                if launch.proc.poll() is None or left or "Traceback" in log or "process has died" in log:
                     failed.append(f"{what}: launch {'running' if launch.proc.poll() is None else 'ended'}, "
-                                  f"processes left {left}:\n{launch.log()[-3000:]}")
+                                  f"processes left {left}:\n{log[-3000:]}")
             finally:
                 launch.kill()
     finally:

@@ -550,7 +550,8 @@ def _write_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...], chunks: Iter
                 try:
                     count = fh.write(view)
                 except OSError as exc:
-                    raise OSError(exc.errno, f"{exc.strerror} after {written} of the {total} bytes of {path.name}") from None
+                    reason = f"{exc.strerror} after {written} of the {total} bytes of {path.name}"
+                    raise OSError(exc.errno, reason) from None
                 written += count
                 view = view[count:]
     return digest.hexdigest()

@@ -20,11 +20,12 @@ _NORTHING_RANGE = (0.0, 10_000_000.0)
 _LETTERS = set("CDEFGHJKLMNPQRSTUVWX")
 _HEADING_LIMIT_DEG = 360.0  # compass degrees, 0..360 or -180..180
 _STAMP_LIMIT_NS = 7_258_118_400 * 10**9  # 2200-01-01: a later stamp is a damaged value, not a recording
-# Model inputs a map's preprocessing may ask for: below 32 px a side the backbones' 32x downsampling leaves no
-# feature cell (short_side: 1 answers every frame with noise); above ~2 Mpx one frame needs gigabytes of
-# activations (a 4000 x 4000 input asks for ~31 GB), far beyond what the node may take on a robot.
-MIN_INPUT_SIDE = 32
+# Inputs a map's preprocessing may ask for: below 8 px a side an image shows no place (short_side: 1 answered every
+# frame with noise; the raw-pixel baseline's thumbnails are 24 x 32); above ~2 Mpx one frame needs gigabytes of
+# model activations (a 4000 x 4000 input asks for ~31 GB), far beyond what the node may take on a robot.
+MIN_INPUT_SIDE = 8
 MAX_INPUT_PIXELS = 1 << 21
+_MAX_MULTIPLE = 64  # sides rounded to a multiple of the patch size (DINOv2: 14)
 
 
 class MapError(ValueError):
@@ -144,8 +145,8 @@ def _int_field(preprocessing: dict, name: str) -> int | None:
 
 
 def check_preprocessing(preprocessing: dict) -> None:
-    """Raise MapError unless the sizes of a manifest's preprocessing section give a model input every backbone can
-    describe and the node can afford: sides >= MIN_INPUT_SIDE, at most MAX_INPUT_PIXELS (a square short side)."""
+    """Raise MapError unless the sizes of a manifest's preprocessing section give an input that shows a place and
+    that the node can afford: sides >= MIN_INPUT_SIDE, at most MAX_INPUT_PIXELS (a square short side)."""
     size = preprocessing.get("size")
     if size is not None:
         if not isinstance(size, list) or len(size) != 2 or not all(
@@ -165,5 +166,5 @@ def check_preprocessing(preprocessing: dict) -> None:
             f"lie in {MIN_INPUT_SIDE}..{int(MAX_INPUT_PIXELS**0.5)} px (a damaged manifest?)"
         )
     multiple = _int_field(preprocessing, "multiple")
-    if multiple is not None and not 1 <= multiple <= MIN_INPUT_SIDE:
-        raise MapError(f"manifest.json preprocessing multiple {multiple} must lie in 1..{MIN_INPUT_SIDE} px")
+    if multiple is not None and not 1 <= multiple <= _MAX_MULTIPLE:
+        raise MapError(f"manifest.json preprocessing multiple {multiple} must lie in 1..{_MAX_MULTIPLE} px")

@@ -218,5 +218,6 @@ class DriveLogReader:
             std, error = math.nan, ""
             if cov.size == 36 and cov[[0, 7]].any():  # all zeros: not filled in
                 std, error = horizontal_std(float(cov[0]), float(cov[7]))
+            q = pose.orientation
             yield OdomPose(stamp_to_ns(msg.header.stamp), str(msg.header.frame_id), float(pose.position.x),
-                           float(pose.position.y), quaternion_to_yaw(pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w), std, error)
+                           float(pose.position.y), quaternion_to_yaw(q.x, q.y, q.z, q.w), std, error)
