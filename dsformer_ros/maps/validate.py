@@ -7,12 +7,17 @@ refusal is one MapError naming the file (and the row). Shared by whole maps and 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from dsformer_ros.maps.placemap import PlaceMetadata
 
 DESCRIPTORS = "descriptors.npy"
 NORM_TOLERANCE = 1e-2
 CHUNK = 65536
-_CHECK_ROWS = 4096
+_CHECK_ROWS = 4096  # rows widened to float32 at a time by check_descriptors (stays in cache)
 # UTM coordinates that exist: easting within a zone (the 6-degree zone is < 1000 km wide), northing from the
 # equator (north) or the false northing 10,000 km (south); latitudes -80..84, longitudes -180..180.
 _EASTING_RANGE = (0.0, 1_000_000.0)
@@ -72,8 +77,8 @@ def _first(bad: np.ndarray) -> int:
     return int(np.flatnonzero(bad)[0])
 
 
-def check_metadata(metadata) -> None:
-    """Raise MapError unless the columns of `metadata` (a PlaceMetadata) have one length, ids are unique, UTM is
+def check_metadata(metadata: PlaceMetadata) -> None:
+    """Raise MapError unless the columns of `metadata` have one length, ids are unique, UTM is
     finite and in a single zone, lat/lon, headings and stamps in range."""
     n = len(metadata)
     columns = metadata.columns()
