@@ -291,3 +291,19 @@ def test_negative_and_nan_gps_covariances_are_refused_and_counted(tmp_path: Path
     _drive_bag(tmp_path / "all_bad", covariances={i: -1.0 for i in range(40)})
     with pytest.raises(TrackError, match="no usable GPS fix among 40 .*fix_rejected_bad_covariance: 40"):
         _build(tmp_path / "all_bad", tmp_path / "map")
+
+
+def test_negative_and_nan_odometry_covariances_are_refused_and_counted(tmp_path: Path) -> None:
+    from training.maps.track import track_from_odometry
+
+    with DriveLogWriter(tmp_path / "bag", "mcap") as writer:
+        for i in range(20):
+            variance = {3: -2.0, 7: math.nan}.get(i, 0.25)
+            writer.write_odometry(NS + i * NS // 10, "utm", "base_link", E0, N0 + 0.5 * i, 0.0, 0.0,
+                                  (variance, variance, 1.0, 0.1, 0.1, 0.1))
+    with DriveLogReader(tmp_path / "bag") as reader:
+        poses = list(reader.odometry("/odom/ground_truth"))
+    assert [p.covariance_error for p in (poses[3], poses[7])] == ["negative variance (-2.0, -2.0)",
+                                                                  "NaN variance (nan, nan)"]
+    track = track_from_odometry(poses, "32T", 10.0, 5.0)
+    assert track.counts["fix_rejected_bad_covariance"] == 2 and track.counts["fixes_used"] == 18
