@@ -5,11 +5,17 @@ ros2 launch dsformer_ros vpr.launch.py params_file:=/path/vpr.yaml namespace:=ro
 All behaviour lives in the node; this file only passes parameters and drives the lifecycle (configure, then
 activate once the node reports 'inactive'). The node's own autostart is turned off here to avoid a double start.
 When configure fails (or any transition errors) the node logs the reason and the launch ends instead of waiting for
-ever with an unconfigured node.
+ever with an unconfigured node. A SIGINT to launch alone (kill -INT, timeout -s INT, a process supervisor) reaches the
+node too: launch run from a terminal passes none on (it expects the terminal to have sent the node its own), so the
+node would otherwise keep running until launch escalates to SIGTERM 5 s later.
 """
+import signal
+
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, RegisterEventHandler, Shutdown
+from launch.event_handlers import OnShutdown
 from launch.events import matches_action
+from launch.events.process import SignalProcess
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode
 from launch_ros.event_handlers import OnStateTransition
@@ -81,4 +87,10 @@ def generate_launch_description() -> LaunchDescription:
         )
         for start_state, what in (("configuring", "configure failed"), ("errorprocessing", "a transition failed"))
     ]
-    return LaunchDescription([*arguments, node, activate_when_inactive, *end_when_unconfigured, configure])
+    interrupt_on_shutdown = RegisterEventHandler(
+        OnShutdown(on_shutdown=[EmitEvent(event=SignalProcess(signal_number=signal.SIGINT,
+                                                              process_matcher=matches_action(node)))])
+    )
+    return LaunchDescription(
+        [*arguments, node, activate_when_inactive, *end_when_unconfigured, interrupt_on_shutdown, configure]
+    )

@@ -78,6 +78,11 @@ def test_describe_out_that_cannot_be_a_file(paths, capsys, out: str, match: str)
                    capsys, match)
 
 
+def test_describe_a_directory_says_it_is_one(paths, capsys, tmp_path) -> None:
+    _fails_cleanly(["describe", str(paths["adir"]), "--out", str(tmp_path / "o.npy"), "--device", "cpu"], capsys,
+                   f"image {paths['adir']} is a directory; name the image files in it")
+
+
 def test_describe_bad_images(paths, capsys, tmp_path) -> None:
     _fails_cleanly(["describe", str(paths["afile"]), "--out", str(tmp_path / "o.npy"), "--device", "cpu"], capsys,
                    "not a JPEG or PNG file")

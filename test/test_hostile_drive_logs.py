@@ -202,9 +202,10 @@ def test_corrupt_sqlite_page_names_the_bag(bags, tmp_path: Path) -> None:
 
 
 def _drive_bag(path: Path, frames: int = 40, broken: tuple[int, ...] = (), glitches: tuple[int, ...] = (),
-               zero_stamps: bool = False) -> tuple[np.ndarray, np.ndarray]:
+               zero_stamps: bool = False, covariances: dict[int, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A compressed-image bag of a vehicle driving north at 5 m/s (10 Hz camera and GPS); frames in `broken` carry
-    undecodable JPEG bytes, fixes in `glitches` jump to (0, 0). Returns the true (easting, northing) per frame."""
+    undecodable JPEG bytes, fixes in `glitches` jump to (0, 0), fix i has horizontal variance covariances[i] (m^2;
+    1.0 elsewhere). Returns the true (easting, northing) per frame."""
     import cv2
 
     east = np.full(frames, E0)
@@ -226,7 +227,8 @@ def _drive_bag(path: Path, frames: int = 40, broken: tuple[int, ...] = (), glitc
                 header=types["std_msgs/msg/Header"](stamp=stamp, frame_id="camera"), format="jpeg", data=data)
             writer.write_raw("/camera/image_raw", "sensor_msgs/msg/CompressedImage", t, msg)
             fix_lat, fix_lon = (0.0, 0.0) if i in glitches else (float(lat[i]), float(lon[i]))
-            writer.write_navsatfix(t, fix_lat, fix_lon, 100.0, (1.0, 1.0, 4.0))
+            variance = (covariances or {}).get(i, 1.0)
+            writer.write_navsatfix(t, fix_lat, fix_lon, 100.0, (variance, variance, 4.0))
     return east, north
 
 
@@ -271,3 +273,37 @@ def test_a_bag_whose_image_stamps_are_all_zero_is_refused(tmp_path: Path) -> Non
     with pytest.raises(TrackError, match="all 40 image header stamps of /camera/image_raw in .* are 0"):
         _build(tmp_path / "bag", tmp_path / "map")
     assert not (tmp_path / "map").exists()
+
+
+def test_negative_and_nan_gps_covariances_are_refused_and_counted(tmp_path: Path, caplog) -> None:
+    """A negative variance used to become a sigma of 0 (an exact fix), a NaN one 'unknown': both are refused."""
+    _drive_bag(tmp_path / "bag", covariances={5: -4.0, 12: math.nan, 13: -0.0})
+    with DriveLogReader(tmp_path / "bag") as reader:
+        fixes = list(reader.gps_fixes("/gps/fix"))
+    assert [f.covariance_error for f in fixes[5:6] + fixes[12:13]] == ["negative variance (-4.0, -4.0)",
+                                                                        "NaN variance (nan, nan)"]
+    assert fixes[13].covariance_error == "" and fixes[13].horizontal_std_m == 0.0  # -0.0 is zero, not negative
+    with caplog.at_level("WARNING"):
+        track = track_from_fixes(fixes, 10.0, 5.0)
+    assert track.counts["fix_rejected_bad_covariance"] == 2 and track.counts["fixes_used"] == 38
+    assert "refused 2 of 40 GPS fixes whose covariance is unusable (first at stamp 1500000000 ns: negative variance" \
+        in caplog.text
+    _drive_bag(tmp_path / "all_bad", covariances={i: -1.0 for i in range(40)})
+    with pytest.raises(TrackError, match="no usable GPS fix among 40 .*fix_rejected_bad_covariance: 40"):
+        _build(tmp_path / "all_bad", tmp_path / "map")
+
+
+def test_negative_and_nan_odometry_covariances_are_refused_and_counted(tmp_path: Path) -> None:
+    from training.maps.track import track_from_odometry
+
+    with DriveLogWriter(tmp_path / "bag", "mcap") as writer:
+        for i in range(20):
+            variance = {3: -2.0, 7: math.nan}.get(i, 0.25)
+            writer.write_odometry(NS + i * NS // 10, "utm", "base_link", E0, N0 + 0.5 * i, 0.0, 0.0,
+                                  (variance, variance, 1.0, 0.1, 0.1, 0.1))
+    with DriveLogReader(tmp_path / "bag") as reader:
+        poses = list(reader.odometry("/odom/ground_truth"))
+    assert [p.covariance_error for p in (poses[3], poses[7])] == ["negative variance (-2.0, -2.0)",
+                                                                  "NaN variance (nan, nan)"]
+    track = track_from_odometry(poses, "32T", 10.0, 5.0)
+    assert track.counts["fix_rejected_bad_covariance"] == 2 and track.counts["fixes_used"] == 18

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import faiss
@@ -285,3 +289,146 @@ def test_preprocessing_with_zero_std_is_refused_by_the_localizer(tmp_path: Path)
                              warmup_iterations=0)
     with pytest.raises(LocalizerError, match="preprocessing section is not understood: std: every channel's"):
         Localizer.load(config)
+
+
+def _edit_column(path: Path, name: str, edit, rehash: bool = True) -> None:
+    values = np.load(path / name)
+    values = edit(values)
+    np.save(path / name, values)
+    if rehash:
+        _rehash(path, name)
+
+
+@pytest.mark.parametrize("checksums", ["off", "recomputed"])
+@pytest.mark.parametrize(("damage", "match"), [
+    ("nan", "descriptors.npy: descriptor row 101 is not finite"),
+    ("scaled", "descriptors.npy: descriptors must be L2-normalised; row 0 has norm 7.0000"),
+])
+def test_descriptors_that_are_not_unit_vectors_are_refused_whatever_the_checksums(
+        map_dir: Path, checksums: str, damage: str, match: str) -> None:
+    """Row 101 is not among the rows the index cross-check samples; a map scaled by 7 passes any cosine check."""
+
+    def edit(values: np.ndarray) -> np.ndarray:
+        if damage == "nan":
+            values[101, 5] = np.nan
+            return values
+        return values * 7.0
+
+    _edit_column(map_dir, "descriptors.npy", edit, rehash=checksums == "recomputed")
+    with pytest.raises(MapError, match=match):
+        PlaceMap.load(map_dir, verify_checksums=checksums == "recomputed")
+
+
+@pytest.mark.parametrize(("name", "dtype"), [("place_id", np.int32), ("place_id", np.uint64), ("place_id", np.float64),
+                                             ("stamp_ns", np.float64), ("stamp_ns", np.uint32),
+                                             ("heading_deg", np.float32), ("source", np.bytes_)])
+def test_mistyped_metadata_columns_are_refused_naming_the_file(map_dir: Path, name: str, dtype) -> None:
+    _edit_column(map_dir, f"places.{name}.npy", lambda values: values.astype(dtype), rehash=False)
+    with pytest.raises(MapError, match=f"places.{name}.npy holds .*; a map stores {name} as"):
+        PlaceMap.load(map_dir, verify_checksums=False)
+
+
+@pytest.mark.parametrize(("name", "row", "value", "match"), [
+    ("place_id", 50, 7, "places.place_id.npy: place_id values must be unique; 7 appears more than once \\(rows 7 "),
+    ("heading_deg", 9, 1000.0, "places.heading_deg.npy: metadata heading_deg must be NaN or within \\+-360 degrees; "
+                               "row 9"),
+    ("stamp_ns", 11, 9 * 10**18, "places.stamp_ns.npy: metadata stamp_ns must be >= 0 and before the year 2200; row 11"),
+])
+def test_metadata_values_out_of_range_name_file_and_row(map_dir: Path, name: str, row: int, value, match: str) -> None:
+    def edit(values: np.ndarray) -> np.ndarray:
+        values[row] = value
+        return values
+
+    _edit_column(map_dir, f"places.{name}.npy", edit, rehash=False)
+    with pytest.raises(MapError, match=match):
+        PlaceMap.load(map_dir, verify_checksums=False)
+
+
+@pytest.mark.parametrize(("preprocessing", "match"), [
+    ({"resize": "square", "size": [4000, 4000]}, "preprocessing size 4000x4000 is not a model input"),
+    ({"resize": "short_side", "short_side": 1}, "preprocessing short_side 1 is not a model input"),
+    ({"resize": "square", "size": [224, 0]}, "preprocessing size 224x0 is not a model input"),
+])
+def test_preprocessing_sizes_no_model_can_run_are_refused_at_load(map_dir: Path, preprocessing: dict,
+                                                                   match: str) -> None:
+    data = _manifest(map_dir)
+    data["preprocessing"] = preprocessing
+    _write_manifest(map_dir, data)
+    with pytest.raises(MapError, match=match):
+        PlaceMap.load(map_dir)
+
+
+@pytest.fixture(scope="module")
+def model_and_map(tmp_path_factory) -> dict[str, Path]:
+    """A checkpoint, its 6-place map (node_assets) and a 3000-place map of the same model (random descriptors)."""
+    from node_assets import make_checkpoint_and_map
+
+    out = tmp_path_factory.mktemp("model_and_map")
+    assets = make_checkpoint_and_map(out)
+    small = PlaceMap.load(assets["map_path"])
+    n = 3000
+    big = PlaceMap.build(_unit(3, n=n, dim=small.dim), _metadata(n), model_variant=small.manifest.model_variant,
+                         checkpoint_sha256=small.manifest.checkpoint_sha256, preprocessing={}, build_info={})
+    big.save(out / "big")
+    return {**assets, "big": out / "big"}
+
+
+def test_non_utf8_manifest_is_reported_as_such_by_the_localizer(model_and_map: dict[str, Path],
+                                                                tmp_path: Path) -> None:
+    shutil.copytree(model_and_map["map_path"], tmp_path / "map")
+    (tmp_path / "map" / MANIFEST).write_bytes(b'{"format_version": 1, "model_variant": "\xff\xfe"}')
+    config = LocalizerConfig(checkpoint=str(model_and_map["checkpoint"]), map_path=str(tmp_path / "map"),
+                             device="cpu", warmup_iterations=0, mode="single_frame")
+    with pytest.raises(LocalizerError) as info:
+        Localizer.load(config)
+    assert "is not UTF-8 text: byte 40" in str(info.value) and "does not fit" not in str(info.value)
+
+
+_ANSWER_WHILE_COPIED = """
+import sys, time
+from pathlib import Path
+import numpy as np
+import torch
+sys.path.insert(0, sys.argv[3])
+from node_assets import generated_images
+from dsformer_ros.localization.localizer import Localizer, LocalizerConfig
+
+torch.set_num_threads(1)
+config = LocalizerConfig(checkpoint=sys.argv[1], map_path=sys.argv[2], device="cpu", warmup_iterations=0,
+                         mode="single_frame")
+localizer = Localizer.load(config)
+images = generated_images(3, seed=5)
+first = [localizer.localize(image).candidates.place_id.tolist() for image in images]
+print("ready", flush=True)
+stop, answers, changed = Path(sys.argv[2] + ".stop"), 0, 0
+while not stop.exists():
+    for image, expected in zip(images, first):
+        changed += localizer.localize(image).candidates.place_id.tolist() != expected
+        answers += 1
+print(f"answers {answers} changed {changed}", flush=True)
+"""
+
+
+def test_a_map_copied_over_a_loaded_one_neither_kills_nor_changes_the_localizer(model_and_map: dict[str, Path],
+                                                                                 tmp_path: Path) -> None:
+    """`cp -r` of a smaller map over the directory a localizer loaded (files truncated and rewritten in place) while
+    it answers frames: a memory-mapped map dies of SIGBUS; a loaded map keeps answering as before."""
+    target = tmp_path / "map"
+    shutil.copytree(model_and_map["big"], target)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _ANSWER_WHILE_COPIED, str(model_and_map["checkpoint"]), str(target),
+         str(Path(__file__).parent)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        assert child.stdout.readline() == "ready\n", child.communicate()[1]
+        for source in (model_and_map["map_path"], model_and_map["big"], model_and_map["map_path"]):
+            subprocess.run(["cp", "-r", f"{source}/.", str(target)], check=True)
+            time.sleep(0.5)
+        Path(f"{target}.stop").touch()
+        out, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 0, f"the localizer died ({child.returncode}): {err[-2000:]}"
+    answers, changed = (int(word) for word in out.split()[1::2])
+    assert answers > 0 and changed == 0, out

@@ -3,11 +3,15 @@
 The launch system and ros2cli come from ../shared/vendor/ros2-launch (skipped where absent). One launch with
 `namespace:=robot1 use_sim_time:=true` is driven through its life: lifecycle to active (ros2 lifecycle), sim time
 taken from /clock, images answered, then Ctrl-C as a terminal sends it (SIGINT to the whole process group, so the
-node gets two). That a failed configure ends the launch is checked against the colcon install (test_packaging).
+node gets two). Then 20 launches each get one SIGINT sent to launch alone (as kill -INT and supervisors do), with and
+without a terminal, with and without images arriving: every one ends within 5 s (about 10 s a trial on 2 busy
+cores, mostly start-up). That a failed configure ends the launch is checked against the colcon install
+(test_packaging).
 """
 from __future__ import annotations
 
 import os
+import pty
 import signal
 import subprocess
 import time
@@ -39,13 +43,19 @@ SIM_TIME_S = 4242
 class Launch:
     """`ros2 launch ...` in its own process group (as in a terminal), output in a log file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, *args: str, terminal: bool = False) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
+        # with a terminal on stdin launch is interactive: on SIGINT it expects the terminal to have sent the node one
+        tty, stdin = pty.openpty() if terminal else (None, subprocess.DEVNULL)
         self.proc = subprocess.Popen(
             ["ros2", "launch", "dsformer_ros", "vpr.launch.py", *args],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, cwd=log_path.parent,
+            env=env, stdin=stdin, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=log_path.parent,
         )
+        if tty is not None:
+            os.close(stdin)
+        self._tty = tty
 
     def log(self) -> str:
         """What launch and the node printed so far."""
@@ -78,6 +88,8 @@ class Launch:
             pass
         self.proc.wait()
         self._log.close()
+        if self._tty is not None:
+            os.close(self._tty)
 
 
 def wait_until(
@@ -177,3 +189,67 @@ def test_ctrl_c_ends_launch_and_node_cleanly(launched):
     assert code == 0, log
     assert "process has finished cleanly" in log, log
     assert "process has died" not in log and "Traceback" not in log, log
+
+
+SIGINT_TRIALS = 20
+EXIT_AFTER_SIGINT_S = 5.0
+
+
+def _session_processes(session: int) -> list[str]:
+    """Command lines of the live processes of a session (launch's, started with start_new_session)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            fields = text[text.rindex(")") + 2:].split()
+            if int(fields[3]) == session and fields[0] != "Z":
+                found.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except (OSError, ValueError):
+            continue  # the process ended while we looked
+    return found
+
+
+def test_sigint_to_launch_alone_ends_launch_and_node_every_time(env, assets, tmp_path):
+    """SIGINT to the `ros2 launch` process alone (kill -INT, timeout -s INT, a supervisor), launched from a terminal
+    and without one, with images arriving and without: launch and the node exit within 5 s every time and leave no
+    process behind."""
+    params = write_params(tmp_path / "vpr.yaml", **assets, device="cpu", warmup_iterations=0, torch_threads=1)
+    rgb = generated_images(1, seed=3)[0]
+    msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3, data=rgb.tobytes())
+    client = RosClient("sigint_test_client")
+    client.subscribe(PointCloud2, "/vpr_node/candidates")
+    images = client.node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
+    failed, exits = [], []
+    try:
+        for trial in range(SIGINT_TRIALS):
+            in_flight, terminal = trial % 2 == 0, trial % 4 >= 2
+            what = (f"trial {trial} ({'frames in flight' if in_flight else 'idle'}, "
+                    f"{'a' if terminal else 'no'} terminal)")
+            launch = Launch(env, tmp_path / f"launch{trial}.log", f"params_file:={params}", terminal=terminal)
+            try:
+                launch.wait_for_log("active: listening", START_TIMEOUT_S)
+                if in_flight:
+                    answered = len(client.messages("/vpr_node/candidates"))
+                    wait_until(lambda: len(client.messages("/vpr_node/candidates")) > answered, ANSWER_TIMEOUT_S,
+                               "an answer", launch, lambda: images.publish(msg))
+                started = time.monotonic()
+                os.kill(launch.proc.pid, signal.SIGINT)
+                deadline = started + EXIT_AFTER_SIGINT_S
+                while ((launch.proc.poll() is None or _session_processes(launch.proc.pid))
+                       and time.monotonic() < deadline):
+                    if in_flight:
+                        images.publish(msg)
+                    time.sleep(0.02)
+                exits.append(time.monotonic() - started)
+                left = _session_processes(launch.proc.pid)
+                log = launch.log()
+                if launch.proc.poll() is None or left or "Traceback" in log or "process has died" in log:
+                    failed.append(f"{what}: launch {'running' if launch.proc.poll() is None else 'ended'}, "
+                                  f"processes left {left}:\n{log[-3000:]}")
+            finally:
+                launch.kill()
+    finally:
+        client.close()
+    print(f"exit after SIGINT: {min(exits):.2f}..{max(exits):.2f} s over {len(exits)} trials")
+    assert not failed, f"{len(failed)} of {SIGINT_TRIALS} trials did not end within {EXIT_AFTER_SIGINT_S:.0f} s:\n" + \
+        "\n".join(failed)

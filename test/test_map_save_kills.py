@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import resource
 import signal
 import subprocess
@@ -155,6 +156,16 @@ def test_a_kill_between_two_renames_is_restored(tmp_path: Path) -> None:
     assert _which(target) == "seed1" and leftovers(target) == []
 
 
+def test_a_load_after_a_kill_between_two_renames_restores_the_old_map(tmp_path: Path) -> None:
+    """A node restarted before the next save finds the map the interrupted save moved aside, as that save would."""
+    target = tmp_path / "map"
+    _map(1).save(target)
+    os.rename(target, tmp_path / ".map.old")  # the state right after the first of the two renames
+    assert _which(target) == "seed1" and leftovers(target) == []
+    _map(2).save(target)
+    assert _which(target) == "seed2" and leftovers(target) == []
+
+
 def test_files_are_fsynced_before_the_swap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[str] = []
     real_fsync = os.fsync
@@ -204,6 +215,14 @@ def test_disk_full_is_one_error_line_and_keeps_the_old_map(tmp_path: Path, limit
     assert message.startswith(("MapError: cannot write map", "OutputPathError: cannot write")), message
     assert "\n" not in message
     assert _which(target) == "seed1" and leftovers(target) == []
+
+
+def test_a_write_over_the_file_size_limit_counts_the_bytes_of_the_file(tmp_path: Path) -> None:
+    """The first file the save writes hits the limit: the message counts its bytes (numpy's own writer reported
+    '600 requested and 359 written', array items against a partial count)."""
+    message = _save_with_file_size_limit(_map(2, n=600, dim=64), tmp_path / "map", 3000)
+    found = re.search(r"File too large after (\d+) of the (\d+) bytes of places\.place_id\.npy", message)
+    assert found and int(found[1]) == 3000 and int(found[2]) == 128 + 600 * 8, message
 
 
 def test_a_save_in_progress_is_neither_blocked_nor_cleaned_by_another(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("dsformer_ros.inference.export", "export a checkpoint as ONNX (fixed input size, provenance in metadata)"),
     "node": ("dsformer_ros.ros.main", "run the ROS 2 VPR node without ros2 launch"),
     "eval": ("training.eval.cli", "Recall@N of a model or baseline on a VPR dataset, with a report"),
-    "bench-map": ("training.maps.bench_map", "time map search (exact, HNSW, IVF) on 10k to 1M places"),
+    "bench-map": ("training.maps.bench_map", "time map search (exact, HNSW, IVF) and the load check on 10k to 1M places"),
     "bench-localizer": ("training.bench.localizer", "time the sequence localizer on a synthetic city of 10k to 1M places"),
     "build-map": ("training.maps.build_map", "build a reference map from a drive log (rosbag2, ROS 1 bag) or '@' folder"),
     "fit-similarity": ("training.maps.fit_similarity", "store the sequence localizer's measurement model in a map"),

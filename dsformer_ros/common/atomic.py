@@ -183,13 +183,35 @@ def leftovers(target: str | Path) -> list[Path]:
     )
 
 
+def _restore_old(target: Path) -> bool:
+    """Under the parent's lock: put back the old directory a kill left between two renames; True when it did."""
+    old = target.with_name(f".{target.name}{_OLD}")
+    if os.path.lexists(target) or not old.is_dir():
+        return False
+    os.rename(old, target)
+    log.warning("restored %s from %s (a save was killed half-way)", target, old.name)
+    return True
+
+
+def recover_interrupted_save(target: str | Path) -> bool:
+    """Before reading the directory `target`: put back its old copy when a save was killed between its two renames
+    (filesystems without an atomic exchange), as the next save would; True when it did. OutputPathError when the
+    copy is there but cannot be moved back."""
+    target = Path(target)
+    old = target.with_name(f".{target.name}{_OLD}")
+    if os.path.lexists(target) or not old.is_dir():
+        return False
+    try:
+        with _locked(target.parent):
+            return _restore_old(target)
+    except OSError as exc:
+        raise _os_error(target, exc) from None
+
+
 def _recover_and_clean(target: Path) -> None:
     """Under the parent's lock: put back an old directory a kill left between two renames, then remove every
     leftover that no running save holds (a save in progress keeps a lock on its temporary directory)."""
-    old = target.with_name(f".{target.name}{_OLD}")
-    if not os.path.lexists(target) and old.is_dir():
-        os.rename(old, target)
-        log.warning("restored %s from %s (a save was killed half-way)", target, old.name)
+    _restore_old(target)
     for path in leftovers(target):
         if path.is_dir() and not path.is_symlink():
             fd = _lock(path, wait=False)

@@ -28,10 +28,10 @@ def _first_line(exc: BaseException) -> str:
 
 def check_torch_archive_size(path: Path, what: str, error: type[Exception]) -> None:
     """Raise `error` when the torch zip archive at `path` declares more content than a torch.save file can hold."""
-    if not zipfile.is_zipfile(path):
-        return  # the legacy (pre-1.6) format: a pickle followed by raw storages, nothing compressed
     size = path.stat().st_size
     try:
+        if not zipfile.is_zipfile(path):  # raises too, for a damaged end record ("span multiple disks")
+            return  # the legacy (pre-1.6) format: a pickle followed by raw storages, nothing compressed
         with zipfile.ZipFile(path) as archive:
             declared = sum(info.file_size for info in archive.infolist())
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:

@@ -134,6 +134,8 @@ def preprocess_rgb(images: Sequence[np.ndarray], config: PreprocessConfig) -> to
 def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read a JPEG or PNG file as H x W x 3 RGB uint8; its header size is checked against `max_pixels` first."""
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"image {path} is a directory; name the image files in it (e.g. {path / '*.jpg'})")
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
     data = np.fromfile(path, dtype=np.uint8)

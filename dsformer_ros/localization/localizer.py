@@ -26,7 +26,7 @@ from dsformer_ros.inference.preprocess import PreprocessConfig
 from dsformer_ros.localization.pose_estimate import Candidates, Decision, TemporalFilter, decide
 from dsformer_ros.localization.odometry import OdometryConfig
 from dsformer_ros.localization.sequence import SEQUENCE, SequenceConfig, SequenceLocalizer
-from dsformer_ros.maps.placemap import MapError, PlaceMap
+from dsformer_ros.maps.placemap import MapError, MapMismatchError, PlaceMap
 from dsformer_ros.maps.similarity import (
     SimilarityFitError,
     map_similarity,
@@ -119,7 +119,8 @@ class LocalizerConfig:
         2, "Model runs on a blank image at configure, so the first frame is not slow.", low=0, high=100, section=MODEL
     )
     verify_map_checksums: bool = setting(
-        True, "Check the SHA-256 of every map file at configure (slow for very large maps).", section=MODEL
+        True, "Check the SHA-256 of every map file at configure (seconds per GB); off skips only the hashing: "
+        "every descriptor, id, position, heading and stamp is checked either way.", section=MODEL
     )
     top_k: int = setting(5, "Candidates per frame in ~/candidates.", low=1, high=1000, section="output")
     mode: str = setting(
@@ -184,10 +185,12 @@ def _load_map(config: LocalizerConfig, identity: tuple[str, int, str], source: s
             expect_dim=dim,
             verify_checksums=config.verify_map_checksums,
         )
-    except MapError as exc:
+    except MapMismatchError as exc:
         raise LocalizerError(
             f"map {config.map_path} does not fit {source} ({variant}, dim {dim}, sha256 {fingerprint}): {exc}"
         ) from None
+    except MapError as exc:
+        raise LocalizerError(f"map {config.map_path} cannot be loaded: {exc}") from None
     if len(place_map) < 2:
         raise LocalizerError(f"map {config.map_path} has {len(place_map)} place(s); localization needs at least 2")
     ids = np.asarray(place_map.metadata.place_id)

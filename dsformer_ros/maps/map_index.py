@@ -167,13 +167,6 @@ def index_kind_matches(index: faiss.Index, config: IndexConfig) -> bool:
     return isinstance(concrete, expected)
 
 
-def read_flags(config: IndexConfig, mmap: bool) -> int:
-    """faiss.read_index flags: flat indexes are memory-mapped (zero copy) when `mmap`, others are read into RAM."""
-    if mmap and config.kind == "flat":
-        return faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
-    return 0
-
-
 def serialized_nbytes(index: faiss.Index) -> int:
     """Size of the index as written by faiss (codes, ids, graph links): a close proxy for its resident memory."""
     return int(faiss.serialize_index(index).nbytes)

@@ -3,50 +3,57 @@
 Layout of a map directory (written atomically with `dsformer_ros.common.atomic.atomic_directory`):
 - `manifest.json`: format version, model variant and checkpoint SHA-256, dimension, dtype, preprocessing, build
   info, count, index config and the SHA-256 of every other file;
-- `descriptors.npy`: (N, D) float32 or float16, L2-normalised, memory-mapped on load;
-- `places.<column>.npy`: one array per metadata column (strings as numpy unicode, no pickle), memory-mapped on load;
+- `descriptors.npy`: (N, D) float32 or float16, L2-normalised;
+- `places.<column>.npy`: one array per metadata column (strings as numpy unicode, no pickle);
 - `index.faiss`: the FAISS index over the descriptors with ids = row numbers.
+
+Loading reads every file into memory once (hashed from those very bytes) and never memory-maps it: an operator's
+`cp` of another map over a running node's map directory rewrites the files in place, which kills a process that
+maps them (SIGBUS) or changes its answers; a loaded map keeps answering from what it read. What the values mean is
+checked by `dsformer_ros.maps.validate` at every load.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
+import io
+import itertools
 import json
 import logging
 import math
 import re
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import faiss
 import numpy as np
 
-from dsformer_ros.common.atomic import atomic_directory, atomic_write_text
+from dsformer_ros.common.atomic import OutputPathError, atomic_directory, atomic_write_text, recover_interrupted_save
 from dsformer_ros.common.config import ConfigError, from_dict, to_dict
 from dsformer_ros.common.datafiles import file_sha256
-from dsformer_ros.maps.map_index import IndexConfig, apply_search_params, build_index, index_kind_matches, read_flags
+from dsformer_ros.maps.map_index import IndexConfig, apply_search_params, build_index, index_kind_matches
+from dsformer_ros.maps.validate import (
+    CHUNK,
+    DESCRIPTORS,
+    MapError,
+    check_column_dtype,
+    check_descriptors,
+    check_metadata,
+    check_preprocessing,
+    column_file,
+)
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-DESCRIPTORS = "descriptors.npy"
 INDEX = "index.faiss"
 _DTYPES = ("float32", "float16")
-_NORM_TOLERANCE = 1e-2
-_LETTERS = set("CDEFGHJKLMNPQRSTUVWX")
-_CHUNK = 65536
 _MAX_MANIFEST_BYTES = 16 << 20
 _HEX = set("0123456789abcdef")
-# UTM coordinates that exist: easting within a zone (the 6-degree zone is < 1000 km wide), northing from the
-# equator (north) or the false northing 10,000 km (south); latitudes -80..84, longitudes -180..180.
-_EASTING_RANGE = (0.0, 1_000_000.0)
-_NORTHING_RANGE = (0.0, 10_000_000.0)
 _CROSS_CHECK_ROWS = 32
 _CROSS_CHECK_MIN_COSINE = 0.98  # sq8 codes reconstruct to > 0.999 of their vector; a foreign vector is far below
-
-
-class MapError(ValueError):
-    """A map cannot be built, saved or loaded; the message says what is wrong."""
 
 
 @dataclasses.dataclass
@@ -64,7 +71,7 @@ class PlaceMetadata:
     stamp_ns: np.ndarray
     source: np.ndarray
 
-    _KINDS = {
+    KINDS = {
         "place_id": "int64",
         "easting": "float64",
         "northing": "float64",
@@ -78,7 +85,7 @@ class PlaceMetadata:
     }
 
     def __post_init__(self) -> None:
-        for name, kind in self._KINDS.items():
+        for name, kind in self.KINDS.items():
             value = np.asarray(getattr(self, name))
             if kind == "str":
                 if value.dtype.kind not in "UO" and value.size:
@@ -96,7 +103,7 @@ class PlaceMetadata:
     @classmethod
     def columns(cls) -> tuple[str, ...]:
         """Column names in storage order."""
-        return tuple(cls._KINDS)
+        return tuple(cls.KINDS)
 
     def __len__(self) -> int:
         return int(self.place_id.shape[0])
@@ -116,62 +123,8 @@ class PlaceMetadata:
         )
 
     def validate(self) -> None:
-        """Raise MapError unless columns have one length, ids are unique, UTM is finite and in a single zone."""
-        n = len(self)
-        for name in self.columns():
-            if getattr(self, name).shape[0] != n:
-                raise MapError(f"metadata column {name} has {getattr(self, name).shape[0]} rows, place_id has {n}")
-        if n == 0:
-            return
-        if np.unique(self.place_id).shape[0] != n:
-            values, counts = np.unique(self.place_id, return_counts=True)
-            raise MapError(f"place_id values must be unique; {int(values[counts > 1][0])} appears more than once")
-        for name, (low, high) in (("easting", _EASTING_RANGE), ("northing", _NORTHING_RANGE)):
-            values = getattr(self, name)
-            bad = ~np.isfinite(values)
-            if bad.any():
-                raise MapError(f"metadata {name} must be finite; row {int(np.flatnonzero(bad)[0])} is not")
-            bad = (values < low) | (values > high)
-            if bad.any():
-                row = int(np.flatnonzero(bad)[0])
-                raise MapError(f"metadata {name} must be a UTM coordinate in {low:.0f}..{high:.0f} m; "
-                               f"row {row} has {values[row]}")
-        for name, limit in (("lat", 90.0), ("lon", 180.0)):
-            values = getattr(self, name)
-            bad = np.isinf(values) | (np.abs(np.nan_to_num(values)) > limit)
-            if bad.any():
-                row = int(np.flatnonzero(bad)[0])
-                raise MapError(
-                    f"metadata {name} must be NaN or within +-{limit:g} degrees; row {row} has {values[row]}"
-                )
-        for name, kind in self._KINDS.items():
-            if kind == "str":
-                _check_code_points(name, getattr(self, name))
-        zones = np.unique(self.zone_number)
-        if zones.shape[0] != 1:
-            raise MapError(f"a map must lie in a single UTM zone; found zones {zones.tolist()}")
-        if not 1 <= int(zones[0]) <= 60:
-            raise MapError(f"UTM zone number must be 1..60, got {int(zones[0])}")
-        letters = set(np.unique(np.char.upper(self.zone_letter.astype(np.str_))).tolist())
-        if not letters <= _LETTERS:
-            raise MapError(f"invalid UTM zone letter(s) {sorted(letters - _LETTERS)}")
-        if len({letter >= "N" for letter in letters}) != 1:
-            raise MapError(f"a map must lie in one hemisphere; found zone letters {sorted(letters)}")
-        bad_heading = np.isinf(self.heading_deg)
-        if bad_heading.any():
-            raise MapError(f"metadata heading_deg must be finite or NaN; row {int(np.flatnonzero(bad_heading)[0])}")
-        if (self.stamp_ns < 0).any():
-            raise MapError(f"metadata stamp_ns must be >= 0; row {int(np.flatnonzero(self.stamp_ns < 0)[0])}")
-
-
-def _check_code_points(name: str, values: np.ndarray) -> None:
-    """Raise MapError when a string column holds code points that are not Unicode (damaged or hostile file)."""
-    for start in range(0, values.shape[0], _CHUNK):
-        codes = np.ascontiguousarray(values[start : start + _CHUNK]).view(np.uint32)
-        bad = (codes > 0x10FFFF) | ((codes >= 0xD800) & (codes <= 0xDFFF))
-        if bad.any():
-            row = start + int(np.flatnonzero(bad.reshape(codes.shape[0], -1).any(axis=1))[0])
-            raise MapError(f"metadata {name} row {row} holds invalid Unicode (a damaged file?)")
+        """Raise MapError unless the columns hold usable values (see `dsformer_ros.maps.validate.check_metadata`)."""
+        check_metadata(self)
 
 
 @dataclasses.dataclass
@@ -278,24 +231,11 @@ def map_file_names() -> list[str]:
     return [DESCRIPTORS, INDEX] + [f"places.{name}.npy" for name in PlaceMetadata.columns()]
 
 
-def _check_descriptors(descriptors: np.ndarray, start: int = 0) -> None:
-    """Raise MapError unless every row is finite and L2-normalised."""
-    values = np.asarray(descriptors, dtype=np.float32)
-    finite = np.isfinite(values).all(axis=1)
-    if not finite.all():
-        raise MapError(f"descriptor row {start + int(np.flatnonzero(~finite)[0])} is not finite (NaN or inf)")
-    norms = np.linalg.norm(values, axis=1)
-    off = np.abs(norms - 1.0) > _NORM_TOLERANCE
-    if off.any():
-        row = int(np.flatnonzero(off)[0])
-        raise MapError(f"descriptors must be L2-normalised; row {start + row} has norm {norms[row]:.4f}")
-
-
 def _as_index_vectors(descriptors: np.ndarray) -> np.ndarray:
-    """float32 copy of descriptors for faiss, chunk by chunk (works on memory maps)."""
+    """float32 copy of descriptors for faiss, chunk by chunk (float16 maps never convert as a whole)."""
     out = np.empty(descriptors.shape, dtype=np.float32)
-    for start in range(0, descriptors.shape[0], _CHUNK):
-        out[start : start + _CHUNK] = descriptors[start : start + _CHUNK]
+    for start in range(0, descriptors.shape[0], CHUNK):
+        out[start : start + CHUNK] = descriptors[start : start + CHUNK]
     return out
 
 
@@ -335,8 +275,7 @@ class PlaceMap:
         if descriptors.shape[0] != len(metadata):
             raise MapError(f"{descriptors.shape[0]} descriptors but {len(metadata)} metadata rows")
         metadata.validate()
-        for start in range(0, descriptors.shape[0], _CHUNK):
-            _check_descriptors(descriptors[start : start + _CHUNK], start)
+        check_descriptors(descriptors)
         if not isinstance(model_variant, str) or not model_variant:
             raise MapError("model_variant must be a non-empty string")
         if not isinstance(checkpoint_sha256, str) or len(checkpoint_sha256) != 64:
@@ -346,6 +285,7 @@ class PlaceMap:
                 json.dumps(value)
             except (TypeError, ValueError) as exc:
                 raise MapError(f"{name} must be JSON-serialisable: {exc}") from None
+        check_preprocessing(json.loads(json.dumps(preprocessing)))
         config = index or IndexConfig()
         try:
             config.validate()
@@ -384,27 +324,25 @@ class PlaceMap:
         with atomic_directory(path) as tmp:
             files: dict[str, str] = {}
             for name in PlaceMetadata.columns():
-                file_name = f"places.{name}.npy"
-                np.save(tmp / file_name, np.ascontiguousarray(getattr(self.metadata, name)), allow_pickle=False)
-                files[file_name] = file_sha256(tmp / file_name)
+                values = np.asarray(getattr(self.metadata, name))
+                files[column_file(name)] = _write_npy(tmp / column_file(name), values.dtype, values.shape, [values])
             try:
                 faiss.write_index(self.index, str(tmp / INDEX))
             except RuntimeError as exc:  # FAISS reports failed writes (disk full) as RuntimeError
                 raise MapError(f"cannot write map {path}: writing {INDEX} failed: {_faiss_reason(exc)}") from None
             files[INDEX] = file_sha256(tmp / INDEX)
-            out = np.lib.format.open_memmap(
-                tmp / DESCRIPTORS, mode="w+", dtype=self.manifest.descriptor_dtype, shape=self.descriptors.shape
-            )
-            for start in range(0, self.descriptors.shape[0], _CHUNK):
-                chunk = np.asarray(self.descriptors[start : start + _CHUNK])
-                _check_descriptors(chunk, start)
-                out[start : start + _CHUNK] = chunk
-            out.flush()
-            del out
-            files[DESCRIPTORS] = file_sha256(tmp / DESCRIPTORS)
+            dtype = np.dtype(self.manifest.descriptor_dtype)
+            files[DESCRIPTORS] = _write_npy(tmp / DESCRIPTORS, dtype, self.descriptors.shape, self._checked_chunks())
             self.manifest.files = dict(sorted(files.items()))
             (tmp / MANIFEST).write_text(self.manifest.to_json())
         log.info("saved map of %d places to %s", len(self), path)
+
+    def _checked_chunks(self) -> Iterator[np.ndarray]:
+        """The descriptors chunk by chunk, each checked (finite, unit norm) on its way to the file."""
+        for start in range(0, self.descriptors.shape[0], CHUNK):
+            chunk = np.asarray(self.descriptors[start : start + CHUNK])
+            check_descriptors(chunk, start)
+            yield chunk
 
     @classmethod
     def load(
@@ -414,11 +352,17 @@ class PlaceMap:
         expect_variant: str | None = None,
         expect_checkpoint_sha256: str | None = None,
         expect_dim: int | None = None,
-        mmap: bool = True,
         verify_checksums: bool = True,
     ) -> "PlaceMap":
-        """Load and validate a map directory; raise MapError saying what is wrong (version, model, files, sizes)."""
+        """Load and validate a map directory; raise MapError saying what is wrong (version, model, files, values).
+
+        Every file is read into memory once (never memory-mapped, see the module's docstring); `verify_checksums`
+        hashes those bytes against the manifest, and with it off only the hashing is skipped: the values are
+        checked either way (`dsformer_ros.maps.validate`). A map a save left missing half-way (the kept old copy on
+        filesystems without an atomic directory exchange) is put back first, as the next save would.
+        """
         path = Path(path)
+        _recover(path)
         if not path.is_dir():
             raise MapError(f"map {path} does not exist or is not a directory")
         if not (path / MANIFEST).is_file():
@@ -427,6 +371,7 @@ class PlaceMap:
         _check_expectations(manifest, expect_variant, expect_checkpoint_sha256, expect_dim)
         if manifest.descriptor_dtype not in _DTYPES:
             raise MapError(f"{MANIFEST} descriptor_dtype {manifest.descriptor_dtype!r} is not one of {_DTYPES}")
+        check_preprocessing(manifest.preprocessing)
         for name in map_file_names():
             if name not in manifest.files:
                 raise MapError(f"{MANIFEST} lists no checksum for {name}")
@@ -434,15 +379,9 @@ class PlaceMap:
                 raise MapError(f"map {path}: {name} is a symbolic link; a map may only hold its own files")
             if not (path / name).is_file():
                 raise MapError(f"map {path} is missing file {name}")
-        if verify_checksums:
-            for name, expected in manifest.files.items():
-                if not (path / name).is_file():
-                    raise MapError(f"map {path} is missing file {name}")
-                actual = file_sha256(path / name)
-                if actual != expected:
-                    raise MapError(f"checksum mismatch for {name}: manifest says {expected}, file has {actual}")
-        mode = "r" if mmap else None
-        descriptors = _load_npy(path / DESCRIPTORS, mode)
+        contents = {name: _read_file(path / name, manifest.files[name] if verify_checksums else None)
+                    for name in map_file_names()}
+        descriptors = _npy_array(DESCRIPTORS, contents.pop(DESCRIPTORS))
         if descriptors.ndim != 2 or descriptors.dtype != np.dtype(manifest.descriptor_dtype):
             raise MapError(
                 f"{DESCRIPTORS} holds {descriptors.dtype} {descriptors.shape}, "
@@ -455,15 +394,18 @@ class PlaceMap:
             )
         if descriptors.shape[0] != manifest.count:
             raise MapError(f"count mismatch: {DESCRIPTORS} has {descriptors.shape[0]} rows, manifest says {manifest.count}")
-        metadata = PlaceMetadata(
-            **{name: _load_npy(path / f"places.{name}.npy", mode) for name in PlaceMetadata.columns()}
-        )
+        check_descriptors(descriptors)
+        columns = {}
+        for name, kind in PlaceMetadata.KINDS.items():
+            columns[name] = _npy_array(column_file(name), contents.pop(column_file(name)))
+            check_column_dtype(name, columns[name], kind)
+        metadata = PlaceMetadata(**columns)
         if len(metadata) != manifest.count:
             raise MapError(f"count mismatch: metadata has {len(metadata)} rows, manifest says {manifest.count}")
         metadata.validate()
         config = manifest.index_config()
         try:
-            index = faiss.read_index(str(path / INDEX), read_flags(config, mmap))
+            index = faiss.read_index(faiss.PyCallbackIOReader(io.BytesIO(contents.pop(INDEX)).read))
         except RuntimeError as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
             raise MapError(f"{INDEX} is corrupt or unreadable: {first_line}") from None
@@ -569,43 +511,94 @@ def _check_ivf_ids(index: faiss.Index, count: int) -> None:
             raise MapError(f"{INDEX} holds row id {bad} in list {list_no}, outside the map's {count} places")
 
 
+class MapMismatchError(MapError):
+    """A sound map built with another model variant, checkpoint or descriptor dimension than the caller runs."""
+
+
 def _check_expectations(
     manifest: MapManifest, variant: str | None, checkpoint: str | None, dim: int | None
 ) -> None:
     """Raise MapError when the map was built with another model or dimension than the caller runs."""
     if variant is not None and manifest.model_variant != variant:
-        raise MapError(f"model variant mismatch: map was built with {manifest.model_variant!r}, expected {variant!r}")
+        raise MapMismatchError(f"model variant mismatch: map was built with {manifest.model_variant!r}, expected {variant!r}")
     if checkpoint is not None and manifest.checkpoint_sha256 != checkpoint.lower():
-        raise MapError(
+        raise MapMismatchError(
             f"checkpoint mismatch: map was built with checkpoint sha256 {manifest.checkpoint_sha256}, "
             f"expected {checkpoint.lower()}"
         )
     if dim is not None and manifest.descriptor_dim != dim:
-        raise MapError(f"descriptor dimension mismatch: map has {manifest.descriptor_dim}, expected {dim}")
+        raise MapMismatchError(f"descriptor dimension mismatch: map has {manifest.descriptor_dim}, expected {dim}")
 
 
-def _load_npy(path: Path, mode: str | None) -> np.ndarray:
-    """np.load without pickle after checking the header against the file size (a damaged header can neither crash
-    the parser nor make numpy allocate more than the file holds); any problem becomes a MapError naming the file."""
+def _write_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...], chunks: Iterable[np.ndarray]) -> str:
+    """Write a .npy file from C-ordered chunks with plain writes and return its SHA-256. A full disk or file-size
+    limit is an OSError counting the bytes of the file that were written (numpy's own writer counts array items
+    instead, and a memory-mapped file dies of SIGBUS)."""
+    header = io.BytesIO()
+    descr = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+    np.lib.format.write_array_header_1_0(header, descr)
+    total = header.tell() + math.prod(shape) * dtype.itemsize
+    digest = hashlib.sha256()
+    written = 0
+    blocks = itertools.chain([header.getvalue()], (np.ascontiguousarray(c, dtype=dtype).reshape(-1).view(np.uint8)
+                                                   for c in chunks))
+    with open(path, "wb", buffering=0) as fh:
+        for block in blocks:
+            view = memoryview(block)
+            digest.update(view)
+            while view:
+                try:
+                    count = fh.write(view)
+                except OSError as exc:
+                    reason = f"{exc.strerror} after {written} of the {total} bytes of {path.name}"
+                    raise OSError(exc.errno, reason) from None
+                written += count
+                view = view[count:]
+    return digest.hexdigest()
+
+
+def _recover(path: Path) -> None:
+    """Put back the old copy of a map that a save interrupted between its two renames left missing."""
     try:
-        with open(path, "rb") as fh:
+        recover_interrupted_save(path)
+    except OutputPathError as exc:
+        raise MapError(f"map {path} is missing after an interrupted save and cannot be restored: {exc}") from None
+
+
+def _read_file(path: Path, expected_sha256: str | None) -> bytes:
+    """The whole file, checked against its manifest checksum when one is given (hashing the very bytes used)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MapError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if expected_sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected_sha256:
+            raise MapError(f"checksum mismatch for {path.name}: manifest says {expected_sha256}, file has {actual}")
+    return data
+
+
+def _npy_array(name: str, data: bytes) -> np.ndarray:
+    """A read-only array over the bytes of a .npy file, without pickle, after checking the header against the
+    size (a damaged header can neither crash the parser nor make numpy allocate more than the file holds)."""
+    try:
+        with io.BytesIO(data) as fh:
             version = np.lib.format.read_magic(fh)
             if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
             else:
-                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
             offset = fh.tell()
     except Exception as exc:  # numpy raises assorted types (ValueError, SyntaxError, TokenError...) for damaged headers
-        raise MapError(f"{path.name} is corrupt or truncated: bad .npy header ({type(exc).__name__}: {exc})") from None
+        raise MapError(f"{name} is corrupt or truncated: bad .npy header ({type(exc).__name__}: {exc})") from None
     if dtype.hasobject:
-        raise MapError(f"{path.name} holds Python objects; map files hold plain numbers and strings")
-    expected = offset + math.prod(shape) * dtype.itemsize
-    if path.stat().st_size != expected:
+        raise MapError(f"{name} holds Python objects; map files hold plain numbers and strings")
+    count = math.prod(shape)
+    expected = offset + count * dtype.itemsize
+    if len(data) != expected:
         raise MapError(
-            f"{path.name} is corrupt or truncated: its header says {dtype} {shape} ({expected} bytes), "
-            f"the file has {path.stat().st_size}"
+            f"{name} is corrupt or truncated: its header says {dtype} {shape} ({expected} bytes), "
+            f"the file has {len(data)}"
         )
-    try:
-        return np.load(path, mmap_mode=mode, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise MapError(f"{path.name} is corrupt or truncated: {exc}") from None
+    values = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return values.reshape(shape[::-1]).T if fortran else values.reshape(shape)

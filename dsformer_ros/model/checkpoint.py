@@ -2,12 +2,16 @@
 
 Both are read with `torch.load(..., weights_only=True)` after a zip-bomb check (dsformer_ros.common.datafiles): a
 checkpoint is data, never code. What it holds is checked before use: config and provenance must be mappings, every
-weight a real CPU tensor (not on the meta device), finite, and not all zero.
+weight a real (not complex or quantised) CPU tensor (not on the meta device), finite, and not all zero. Our format
+from version 2 on carries the SHA-256 of its tensors (`state_dict_sha256`), so damaged tensor bytes are refused by
+every reader (load, describe, export, training resume); version 1 files, written before the digest, are read with
+the structural checks alone and say so in a log line.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +23,11 @@ from dsformer_ros.common.config import ConfigError, from_dict, to_dict
 from dsformer_ros.common.datafiles import file_sha256, load_torch_file
 from dsformer_ros.model.dsformer import DSFormer, ModelConfig, preset
 
+log = logging.getLogger(__name__)
+
 FORMAT = "dsformer_ros.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the payload carries DIGEST, the state_dict_sha256 of its tensors
+DIGEST = "tensors_sha256"
 _VARIANT_PREFIXES = {"backbone.backbone.": "resnet50", "backbone.dino.": "dinov2", "backbone.effnet.": "efficientnet_lite0"}
 
 
@@ -82,6 +89,8 @@ def check_weights(state_dict: dict[str, torch.Tensor], source: str) -> None:
     for name, tensor in state_dict.items():
         if tensor.is_meta or tensor.device.type != "cpu":
             raise CheckpointError(f"{source}: weight {name!r} is on the {tensor.device.type} device and holds no data")
+        if tensor.is_complex() or tensor.is_quantized:
+            raise CheckpointError(f"{source}: weight {name!r} is {tensor.dtype}; weights are real-valued tensors")
         if not tensor.is_floating_point() or tensor.numel() == 0:
             continue
         if not bool(torch.isfinite(tensor).all()):
@@ -120,6 +129,19 @@ def _retire_dino_intermediate_norm(config: dict[str, Any], path: Path) -> dict[s
     return config
 
 
+def _check_digest(payload: dict, state_dict: dict[str, torch.Tensor], version: int, path: Path) -> None:
+    """Raise CheckpointError unless the tensors hash to the digest saved with them (format version 2 on)."""
+    if version < 2:
+        log.warning("checkpoint %s (format version 1) carries no digest of its tensors: accepted on the structural "
+                    "checks alone (save it again to add one)", path)
+        return
+    digest = payload.get(DIGEST)
+    if not isinstance(digest, str):
+        raise CheckpointError(f"checkpoint {path} lacks the digest of its tensors ({DIGEST}) that version 2 carries")
+    if state_dict_sha256(state_dict) != digest:
+        raise CheckpointError(f"checkpoint {path} is damaged: its tensors do not match the digest they were saved with")
+
+
 def read_checkpoint(path: str | Path, variant: str | None = None) -> Checkpoint:
     """Read our format or an official raw state_dict (variant inferred from keys unless given)."""
     path = Path(path)
@@ -127,8 +149,10 @@ def read_checkpoint(path: str | Path, variant: str | None = None) -> Checkpoint:
     sha = file_sha256(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         version = obj.get("version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise CheckpointError(f"checkpoint {path} has format version {version!r}; this build reads <= {FORMAT_VERSION}")
+        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+            raise CheckpointError(
+                f"checkpoint {path} has format version {version!r}; this build reads 1..{FORMAT_VERSION}"
+            )
         raw_config, provenance = obj.get("config"), obj.get("provenance", {})
         if not isinstance(raw_config, dict) or not all(isinstance(k, str) for k in raw_config):
             raise CheckpointError(f"checkpoint {path} has no model config mapping (got {type(raw_config).__name__})")
@@ -144,6 +168,7 @@ def read_checkpoint(path: str | Path, variant: str | None = None) -> Checkpoint:
         if variant is not None and variant != config.variant:
             raise CheckpointError(f"checkpoint {path} holds variant {config.variant!r}, not {variant!r}")
         check_weights(state_dict, f"checkpoint {path}")
+        _check_digest(obj, state_dict, version, path)
         return Checkpoint(state_dict, config, dict(provenance), sha, str(path))
     if isinstance(obj, dict) and "state_dict" in obj and _is_state_dict(obj["state_dict"]):
         obj = obj["state_dict"]
@@ -185,11 +210,13 @@ def save_checkpoint(
     path: str | Path, model: DSFormer, provenance: dict[str, Any] | None = None
 ) -> str:
     """Write our format atomically (weights + config + provenance); returns the file's SHA-256."""
+    state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "config": to_dict(model.config),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state_dict,
+        DIGEST: state_dict_sha256(state_dict),
         "provenance": dict(provenance or {}),
     }
     buffer = io.BytesIO()

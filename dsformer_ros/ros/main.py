@@ -8,6 +8,7 @@ arrive: a terminal and `ros2 launch` each send one, and the second must not kill
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 import sys
 from pathlib import Path
@@ -18,10 +19,17 @@ EXIT_BAD_PARAMETER = 2
 EXIT_CONFIGURE_FAILED = 1
 
 
-def _interrupt_once(signum: int, frame: object) -> None:
-    """First SIGINT: stop spinning (KeyboardInterrupt); every later one is ignored so the clean-up can finish."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+class _InterruptOnce:
+    """SIGINT handler: the first SIGINT while spinning stops it (KeyboardInterrupt); any other is ignored, so the
+    clean-up always finishes (rclpy puts this handler back at shutdown, and launch may send more SIGINTs late)."""
+
+    def __init__(self) -> None:
+        self.armed = True
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     # rclpy's own handler chains to this one; rclpy.try_shutdown restores it, hence SIG_IGN again at the end
     # (Python resets a Python-level handler to the default while finalising, which a late SIGINT would die of).
-    signal.signal(signal.SIGINT, _interrupt_once)
+    interrupt = _InterruptOnce()
+    signal.signal(signal.SIGINT, interrupt)
     rclpy.init(args=["vpr_node", *args])
     node = None
     try:
@@ -59,11 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        interrupt.armed = False
         if node is not None:
             node.stop_worker()
             node.destroy_node()
         rclpy.try_shutdown()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # What is left is freed by the exit: the interpreter's final collection would walk torch's object graph
+        # for about a second first, a good part of the 5 s launch allows between SIGINT and SIGTERM.
+        gc.freeze()
     return 0
 
 

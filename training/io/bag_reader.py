@@ -63,6 +63,7 @@ class GpsFix:
     lon: float
     alt: float
     horizontal_std_m: float
+    covariance_error: str = ""  # why a covariance of a known type cannot be used (negative or NaN variance)
 
 
 @dataclasses.dataclass
@@ -75,6 +76,17 @@ class OdomPose:
     y: float
     yaw: float
     horizontal_std_m: float
+    covariance_error: str = ""
+
+
+def horizontal_std(var_x: float, var_y: float) -> tuple[float, str]:
+    """(std, "") of the larger horizontal variance (m^2); (NaN, why) when a variance is negative or NaN, which no
+    receiver or filter can mean: such a fix is refused, neither read as exact nor as unknown."""
+    if math.isnan(var_x) or math.isnan(var_y):
+        return math.nan, f"NaN variance ({var_x}, {var_y})"
+    if var_x < 0 or var_y < 0:
+        return math.nan, f"negative variance ({var_x}, {var_y})"
+    return math.sqrt(max(var_x, var_y)), ""
 
 
 def resolve_bag_path(path: str | Path) -> Path:
@@ -192,17 +204,20 @@ class DriveLogReader:
         """NavSatFix messages of `topic` in bag order (undeserializable ones are logged and skipped)."""
         for msg in self._readable(topic, NAVSATFIX_TYPE, "GPS"):
             cov = np.asarray(msg.position_covariance, dtype=np.float64)
-            std = math.nan
+            std, error = math.nan, ""
             if int(msg.position_covariance_type) != COVARIANCE_TYPE_UNKNOWN and cov.size == 9:
-                std = math.sqrt(max(cov[0], cov[4], 0.0))
+                std, error = horizontal_std(float(cov[0]), float(cov[4]))
             yield GpsFix(stamp_to_ns(msg.header.stamp), int(msg.status.status), float(msg.latitude), float(msg.longitude),
-                         float(msg.altitude), std)
+                         float(msg.altitude), std, error)
 
     def odometry(self, topic: str) -> Iterator[OdomPose]:
         """Odometry messages of `topic` in bag order (undeserializable ones are logged and skipped)."""
         for msg in self._readable(topic, ODOMETRY_TYPE, "odometry"):
             pose = msg.pose.pose
             cov = np.asarray(msg.pose.covariance, dtype=np.float64)
-            std = math.sqrt(max(cov[0], cov[7], 0.0)) if cov.size == 36 and cov[[0, 7]].any() else math.nan
+            std, error = math.nan, ""
+            if cov.size == 36 and cov[[0, 7]].any():  # all zeros: not filled in
+                std, error = horizontal_std(float(cov[0]), float(cov[7]))
+            q = pose.orientation
             yield OdomPose(stamp_to_ns(msg.header.stamp), str(msg.header.frame_id), float(pose.position.x),
-                           float(pose.position.y), quaternion_to_yaw(pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w), std)
+                           float(pose.position.y), quaternion_to_yaw(q.x, q.y, q.z, q.w), std, error)

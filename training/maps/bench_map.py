@@ -3,7 +3,8 @@
 Data: clustered random unit vectors (seeded): size / `points_per_cluster` random unit centres (4000 at 1M), each point
 a centre plus isotropic Gaussian noise of norm `noise`, normalised; queries are fresh draws from the same mixture.
 Bytes per place: growth of resident memory (VmRSS) of a fresh process while faiss reads the written index file,
-divided by the place count (the file size per place is reported too).
+divided by the place count (the file size per place is reported too). Each size also times the meaning check every
+map load runs on all descriptors (`dsformer_ros.maps.validate.check_descriptors`), stored as fp32 and as fp16.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from dsformer_ros.common.cli import add_config_flags, config_from_args
 from dsformer_ros.common.config import ConfigError, from_dict, to_dict
 from dsformer_ros.common.params import setting
 from dsformer_ros.maps.map_index import IndexConfig, apply_search_params, build_index
+from dsformer_ros.maps.validate import check_descriptors
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +168,18 @@ def _params(config: IndexConfig, count: int) -> str:
     return "exact"
 
 
+def time_load_check(data: np.ndarray) -> dict:
+    """Seconds the load-time meaning check takes on `data` stored as fp32 and as fp16."""
+    row = {}
+    for dtype in ("float32", "float16"):
+        stored = data.astype(dtype)
+        started = time.perf_counter()
+        check_descriptors(stored)
+        row[f"load_check_s_{dtype}"] = time.perf_counter() - started
+        del stored
+    return row
+
+
 def run_benchmark(cfg: BenchMapConfig) -> list[dict]:
     """All sizes x indexes; returns one result row per pair (skipped pairs say why)."""
     faiss.omp_set_num_threads(cfg.threads)
@@ -183,6 +197,7 @@ def run_benchmark(cfg: BenchMapConfig) -> list[dict]:
             exact_index.add(data)
             _, exact = exact_index.search(queries, cfg.k)
             del exact_index
+            rows.append({"places": size, "index": "load check", **time_load_check(data)})
             for spec in tqdm(cfg.indexes, desc=f"{size} places", unit="index"):
                 config = _index_config(spec, cfg.index_params)
                 if config.kind == "hnsw" and size > cfg.hnsw_max_places:
@@ -204,6 +219,10 @@ def format_table(rows: list[dict], k: int) -> str:
     for r in rows:
         if "skipped" in r:
             lines.append(f"{r['places']:>9} {r['index']:<10} skipped: {r['skipped']}")
+            continue
+        if "load_check_s_float32" in r:
+            lines.append(f"{r['places']:>9} {r['index']:<10} every descriptor finite and unit-norm: "
+                         f"{r['load_check_s_float32']:.2f} s fp32, {r['load_check_s_float16']:.2f} s fp16")
             continue
         lines.append(
             f"{r['places']:>9} {r['index']:<10} {r['params']:<28} {r['build_s']:>8.1f} {r['ms_per_query_b1']:>8.3f} "

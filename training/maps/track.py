@@ -173,6 +173,15 @@ def _consistent_run(pending: list[int], end: int, t: np.ndarray, x: np.ndarray, 
     return segment
 
 
+def _warn_bad_covariances(records: list, what: str) -> None:
+    """One warning for the records refused for a covariance no sensor can mean (negative or NaN variance)."""
+    bad = [r for r in records if r.covariance_error]
+    if bad:
+        log.warning("refused %d of %d %s whose covariance is unusable (first at stamp %d ns: %s); a negative or NaN "
+                    "variance is neither exact nor unknown", len(bad), len(records), what, bad[0].stamp_ns,
+                    bad[0].covariance_error)
+
+
 def track_from_fixes(fixes: Iterable[GpsFix], max_horizontal_std_m: float, heading_baseline_m: float,
                      gate: MotionGate | None = None) -> Track:
     """Filter NavSatFix records (NO_FIX status, NaN, horizontal std above the limit, motion the vehicle cannot
@@ -180,13 +189,15 @@ def track_from_fixes(fixes: Iterable[GpsFix], max_horizontal_std_m: float, headi
     (NavSatFix carries none)."""
     records = list(fixes)
     counts = {"fixes_read": len(records), "fix_rejected_no_fix_status": 0, "fix_rejected_nan": 0,
-              "fix_rejected_covariance": 0, "fix_covariance_unknown": 0}
+              "fix_rejected_covariance": 0, "fix_rejected_bad_covariance": 0, "fix_covariance_unknown": 0}
     kept: list[GpsFix] = []
     for fix in records:
         if fix.status <= STATUS_NO_FIX:
             counts["fix_rejected_no_fix_status"] += 1
         elif not (math.isfinite(fix.lat) and math.isfinite(fix.lon)) or not (-80 <= fix.lat <= 84):
             counts["fix_rejected_nan"] += 1
+        elif fix.covariance_error:
+            counts["fix_rejected_bad_covariance"] += 1
         elif math.isnan(fix.horizontal_std_m):
             counts["fix_covariance_unknown"] += 1
             kept.append(fix)
@@ -194,6 +205,7 @@ def track_from_fixes(fixes: Iterable[GpsFix], max_horizontal_std_m: float, headi
             counts["fix_rejected_covariance"] += 1
         else:
             kept.append(fix)
+    _warn_bad_covariances(records, "GPS fixes")
     if not kept:
         counts["fixes_used"] = 0
         raise TrackError(f"no usable GPS fix among {len(records)} ({_counts_text(counts)})")
@@ -235,16 +247,20 @@ def track_from_odometry(poses: Iterable[OdomPose], utm_zone: str, max_horizontal
     else from the track."""
     number, letter = parse_utm_zone(utm_zone)
     records = list(poses)
-    counts = {"fixes_read": len(records), "fix_rejected_nan": 0, "fix_rejected_covariance": 0}
+    counts = {"fixes_read": len(records), "fix_rejected_nan": 0, "fix_rejected_covariance": 0,
+              "fix_rejected_bad_covariance": 0}
     kept: list[OdomPose] = []
     for pose in records:
         if not (math.isfinite(pose.x) and math.isfinite(pose.y)):
             counts["fix_rejected_nan"] += 1
+        elif pose.covariance_error:
+            counts["fix_rejected_bad_covariance"] += 1
         elif pose.horizontal_std_m > max_horizontal_std_m:
             counts["fix_rejected_covariance"] += 1
         else:
             kept.append(pose)
     counts["fixes_used"] = len(kept)
+    _warn_bad_covariances(records, "odometry poses")
     if not kept:
         raise TrackError(f"no usable odometry pose among {len(records)} ({_counts_text(counts)})")
     stamps = np.array([p.stamp_ns for p in kept], dtype=np.int64)
