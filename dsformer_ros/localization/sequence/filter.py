@@ -162,8 +162,8 @@ class SequenceLocalizer:
     def _motion_update(self, step: Step) -> None:
         """Move the placed mass, the off-map tracks and the look-alike twin; apply the transition table."""
         cfg, belief = self.config, self.belief
-        self._carried_before = belief.support
-        moved = predict(self.graph, cfg, step, belief.support)
+        carried = belief.support
+        moved = predict(self.graph, cfg, step, carried)
         self.places_touched += moved.pairs
         support = moved.support
         unknown = float(moved.leaked[:, 1].sum())  # views that had stopped matching: may be anywhere
@@ -186,7 +186,7 @@ class SequenceLocalizer:
         belief.support = support
         belief.off_map_unknown += unknown
         self._apply_transitions()
-        self._move_look_alike(step)
+        self._move_look_alike(step, carried)
         belief.prune()
 
     def _apply_transitions(self) -> None:
@@ -200,15 +200,15 @@ class SequenceLocalizer:
         belief.tracks.mass = belief.tracks.mass * t[OFF_MAP_TRACKED, OFF_MAP_TRACKED]
         belief.off_map_unknown = float(totals @ t[:, OFF_MAP_UNKNOWN])
 
-    def _move_look_alike(self, step: Step) -> None:
-        """The twin moves like a robot on the places it resembles, fades with distance, and is fed by the tracked
-        off-map mass at the map's alias rate."""
+    def _move_look_alike(self, step: Step, carried: Support) -> None:
+        """The twin moves like the belief would from the places it resembles (with what the belief `carried` there
+        before this step), fades with distance, and is fed by the tracked off-map mass at the map's alias rate."""
         cfg, twin = self.config, self.look_alike
         fade = (1.0 - cfg.stop_matching_probability - cfg.kidnap_probability) \
             * (math.exp(-step.motion.distance / LOOK_ALIKE_LENGTH_M) if step.motion is not None else 0.0)
         inflow = self.alias_rate * self.belief.tracks.total() / self.n
         if twin.rows.size and fade > 0:
-            sources = _carried_at(self._carried_before, twin.rows, uniform_speed(self.speeds.size))
+            sources = _carried_at(carried, twin.rows, uniform_speed(self.speeds.size))
             sources.matched = twin.mass
             moved = predict(self.graph, cfg, step, sources)
             self.places_touched += moved.pairs

@@ -56,13 +56,16 @@ class Support:
         def total(values: np.ndarray) -> np.ndarray:
             return np.bincount(slot, weights=values, minlength=targets.size)
 
-        weight = matched + unmatched
+        weight = np.maximum(matched + unmatched, 0.0)
         safe = np.maximum(total(weight), 1e-300)
+        speeds = np.column_stack([total(weight * speed[:, b]) for b in range(speed.shape[1])])
+        norm = speeds.sum(axis=1, keepdims=True)
+        speeds = np.where(norm > 0, speeds / np.where(norm > 0, norm, 1.0), 1.0 / speed.shape[1])
         return cls(
             rows=targets, matched=total(matched), unmatched=total(unmatched),
             offset=np.column_stack([total(weight * offset[:, c]) / safe for c in (0, 1)]),
             heading=np.arctan2(total(weight * np.sin(heading)), total(weight * np.cos(heading))),
-            speed=np.column_stack([total(weight * speed[:, b]) for b in range(speed.shape[1])]) / safe[:, None],
+            speed=speeds,
         )
 
     def __len__(self) -> int:
