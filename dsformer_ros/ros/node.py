@@ -239,7 +239,7 @@ class VprNode(LifecycleNode):
         except ImageDecodeError as exc:
             raise FrameRejected(str(exc)) from None
         decode_ms = (time.monotonic() - t0) * 1000.0
-        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp_ns = stamp_to_ns(msg.header.stamp)
         result = self._localizer.localize(rgb, stamp_ns)
         header = Header(stamp=msg.header.stamp, frame_id=self._settings.frame_id)
         try:

@@ -1,0 +1,1 @@
+"""Benchmarks that print figures: descriptor backends, the localizer."""
