@@ -43,7 +43,7 @@ def test_small_demo_meets_its_goals(tmp_path: Path) -> None:
     assert calibration["max_error_m"] <= cfg.radius_m and calibration["inside_95"] >= cfg.goals.min_inside_95
     lines = report["table"].splitlines()
     assert lines[2].split()[:3] == ["trained", "sequence", "node"]
-    assert len([line for line in lines if " offline " in line]) == 6  # three methods x two localizers
+    assert sum("  offline  " in line for line in lines) == 6  # three methods x two localizers
     assert set(report["offline"]) == {"trained", "untrained", "raw pixels"}
     assert all(set(runs) == {"sequence", "single_frame"} for runs in report["offline"].values())
     for name in report["figures"]:

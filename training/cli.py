@@ -30,8 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-# commands timed as the node runs, on cores shared with other work: PyTorch's OpenMP threads sleep, not spin
-SHARED_CPU_COMMANDS = ("bench", "node", "replay")
+# commands that run (and are timed) on cores shared with other work: PyTorch's OpenMP threads sleep, not spin
+SHARED_CPU_COMMANDS = ("bench", "node", "replay", "demo", "study")
 
 
 def _overview() -> str:

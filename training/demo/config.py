@@ -69,5 +69,5 @@ def small_overrides() -> list[str]:
     and the goals it meets."""
     preset = {"town.blocks": 3, "town.width": 192, "town.height": 144, "town.route_length_m": 300.0,
               "image_size": [128, 128], "train_conditions": ["day", "dusk", "night"], "train_length_m": 1500.0,
-              "iterations": 120, "epochs": 2, "goals.min_availability": 0.5}
+              "iterations": 120, "epochs": 2, "goals.min_availability": 0.4, "goals.min_inside_95": 0.85}
     return [f"{k}={json.dumps(v)}" for k, v in preset.items()]
