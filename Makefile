@@ -1,6 +1,7 @@
 # The two set-up commands of the README: `make demo` and `make test` (what CI runs).
 # Every target creates .venv/ in the repository root when it is missing or stale.
-# `make test-fast` leaves out the tests marked slow (demo, launch, packaging) for the edit loop;
+# `make test-fast` leaves out the tests marked slow (demo, launch, packaging, node, training, exports) for the
+# edit loop;
 # `make study` runs the localization study on more routes with the model `make demo` trained.
 SHELL := /bin/bash
 PY := .venv/bin/python

@@ -242,6 +242,7 @@ def test_stop_and_turn_keyframes() -> None:
     assert keys.tolist() == [0, 4, 8, 12, 16, 70]
 
 
+@pytest.mark.slow
 def test_resume_after_kill(mcap_raw, mcap_raw_map, tmp_path, repo_root, checkpoint, _config) -> None:
     bag = mcap_raw[0]
     out = tmp_path / "map"

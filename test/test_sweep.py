@@ -38,6 +38,7 @@ def drives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             **{name: root / name for name in ("query", "kidnapped", "off_map")}}
 
 
+@pytest.mark.slow
 def test_each_value_gives_what_an_offline_replay_with_it_gives(drives: dict[str, Path]) -> None:
     """Per drive and value: the fixes, availability, largest error and fixes off the map of `replay` itself; the
     drive kinds come from the ground truth; a stricter fix_mass never gives more fixes; table, JSON and figure."""
@@ -98,6 +99,7 @@ def test_bad_settings_are_named(drives: dict[str, Path], capsys: pytest.CaptureF
     assert "nobag" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_study_writes_each_route_sweep_with_every_drive(drives: dict[str, Path], tmp_path: Path) -> None:
     """`study` maps a route with the given model, drives its query, kidnapped and off-map drives through the
     sequence localizer and keeps every drive's fixes, wrong fixes and fixes off the map in route_N/sweep.json; the
