@@ -21,6 +21,8 @@ from training.cli import main as cli_main
 from training.io.at_names import AtName, format_at_name
 from training.maps.build_map import BuildMapConfig, build_map
 
+pytestmark = pytest.mark.slow  # exports and whole tools on ONNX Runtime (make test-fast leaves them out)
+
 pytest.importorskip("onnxruntime")
 E0, N0 = 500_000.0, 5_000_000.0
 

@@ -27,6 +27,8 @@ from dsformer_ros.model.checkpoint import save_checkpoint
 from dsformer_ros.model.dsformer import build_model, preset
 from dsformer_ros.model.loading import load_model
 
+pytestmark = pytest.mark.slow  # ONNX exports of every variant (make test-fast leaves them out)
+
 pytest.importorskip("onnxruntime")
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from dsformer_ros.inference.bench import BenchConfig, count_gflops, gemm_gflops_per_s, run_bench
+from training.bench.backends import BenchConfig, count_gflops, gemm_gflops_per_s, run_bench
 
 pytest.importorskip("onnxruntime")
 

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from dsformer_ros.common.geometry import NS_PER_S
 from dsformer_ros.common.utm import latlon_to_utm, utm_to_latlon
 from dsformer_ros.inference.extractor import DescriptorExtractor
 from dsformer_ros.inference.image_codec import decode_compressed
@@ -26,20 +27,19 @@ from training.io.bag_writer import STATUS_NO_FIX, DriveLogWriter
 from training.maps.build_map import BuildError, BuildMapConfig, build_map, shard_output_path
 from training.maps.merge_maps import MergeError, MergeMapsConfig, merge_maps
 
-NS = 1_000_000_000
-FRAME_NS = NS // 10  # 10 Hz camera
-GPS_NS = NS // 4  # 4 Hz GPS
+FRAME_NS = NS_PER_S // 10  # 10 Hz camera
+GPS_NS = NS_PER_S // 4  # 4 Hz GPS
 SPEED = 10.0  # m/s east: 1 m per frame
 LAT0, LON0 = 48.137, 11.575  # zone 32U
 E0, N0, _, _ = latlon_to_utm(LAT0, LON0)
 E0, N0 = float(E0), float(N0)
-NO_FIX_WINDOW = (3 * NS // 2, 3 * NS)  # fixes strictly inside are NO_FIX: frames 1.6-1.9 s and 2.6-2.9 s lack a fix
+NO_FIX_WINDOW = (3 * NS_PER_S // 2, 3 * NS_PER_S)  # fixes strictly inside are NO_FIX: frames 1.6-1.9 s and 2.6-2.9 s lack a fix
 MAX_GAP_S = 1.0
 SMALL_INPUT = (96, 128)  # a small model input keeps the tests fast on a busy 2-core machine
 
 
 def _true_east(stamp_ns: int) -> float:
-    return E0 + SPEED * stamp_ns / NS
+    return E0 + SPEED * stamp_ns / NS_PER_S
 
 
 def _write_bag(path: Path, images: list[np.ndarray], storage: str, compressed: bool, corrupt_first: bool) -> dict:
@@ -55,7 +55,7 @@ def _write_bag(path: Path, images: list[np.ndarray], storage: str, compressed: b
                 bad["no_fix"] += 1
             else:
                 w.write_navsatfix(t, float(lat), float(lon), 500.0, (1.0, 1.0, 4.0))
-        for t in (NS + NS // 8, 3 * NS + NS // 8):
+        for t in (NS_PER_S + NS_PER_S // 8, 3 * NS_PER_S + NS_PER_S // 8):
             w.write_navsatfix(t, float("nan"), LON0, 500.0, (1.0, 1.0, 4.0))
             bad["nan"] += 1
             lat, lon = utm_to_latlon(_true_east(t) + 80.0, N0 + 80.0, 32, "U")
@@ -198,8 +198,8 @@ def test_ros1_bag(images, tmp_path, _config) -> None:
         gps = w.add_connection("/fix", "sensor_msgs/msg/NavSatFix", typestore=ts)
         for k in range(0, 13):
             stamp = k * FRAME_NS
-            header = t["std_msgs/msg/Header"](seq=k, stamp=t["builtin_interfaces/msg/Time"](sec=stamp // NS,
-                                              nanosec=stamp % NS), frame_id="gps")
+            header = t["std_msgs/msg/Header"](seq=k, stamp=t["builtin_interfaces/msg/Time"](sec=stamp // NS_PER_S,
+                                              nanosec=stamp % NS_PER_S), frame_id="gps")
             lat, lon = utm_to_latlon(_true_east(stamp), N0, 32, "U")
             status = t["sensor_msgs/msg/NavSatStatus"](status=0, service=1)
             fix = t["sensor_msgs/msg/NavSatFix"](header=header, status=status, latitude=float(lat),
@@ -242,6 +242,7 @@ def test_stop_and_turn_keyframes() -> None:
     assert keys.tolist() == [0, 4, 8, 12, 16, 70]
 
 
+@pytest.mark.slow
 def test_resume_after_kill(mcap_raw, mcap_raw_map, tmp_path, repo_root, checkpoint, _config) -> None:
     bag = mcap_raw[0]
     out = tmp_path / "map"
@@ -298,13 +299,13 @@ def test_at_folder(images, tmp_path, _config) -> None:
     for k in range(4):
         lat, lon = utm_to_latlon(E0 + 5 * k, N0, 32, "U")
         name = format_at_name(AtName(E0 + 5 * k, N0, 32, "U", float(lat), float(lon), heading_deg=90.0,
-                                     timestamp=str(k * NS)))
+                                     timestamp=str(k * NS_PER_S)))
         cv2.imwrite(str(folder / name), cv2.cvtColor(images[k], cv2.COLOR_RGB2BGR))
     summary = build_map(_config(folder, tmp_path / "map"))
     md = PlaceMap.load(tmp_path / "map").metadata
     assert summary["places"] == 4
     np.testing.assert_allclose(md.easting, E0 + 5 * np.arange(4), atol=0.01)
-    assert md.stamp_ns.tolist() == [k * NS for k in range(4)]
+    assert md.stamp_ns.tolist() == [k * NS_PER_S for k in range(4)]
 
 
 def test_short_side_resize_is_recorded_and_used_by_the_localizer(images, tmp_path, _config, checkpoint) -> None:
@@ -319,7 +320,7 @@ def test_short_side_resize_is_recorded_and_used_by_the_localizer(images, tmp_pat
     for k in range(4):
         lat, lon = utm_to_latlon(E0 + 5 * k, N0, 32, "U")
         path = folder / format_at_name(AtName(E0 + 5 * k, N0, 32, "U", float(lat), float(lon), heading_deg=90.0,
-                                              timestamp=str(k * NS)))
+                                              timestamp=str(k * NS_PER_S)))
         cv2.imwrite(str(path), cv2.cvtColor(images[2 * k][15:105], cv2.COLOR_RGB2BGR))  # 90 x 160
         wide.append(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB))
     build_map(_config(folder, tmp_path / "square"))

@@ -21,6 +21,7 @@ def lite_model():
     return dsformer_ros.load_model(variant="efficientnet_lite0", device="cpu", seed=3)
 
 
+@pytest.mark.slow
 def test_official_resnet50_state_dict_with_module_prefix_loads_strictly(tmp_path):
     torch.manual_seed(0)
     source = build_model("resnet50")

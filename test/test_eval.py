@@ -149,6 +149,7 @@ def test_msls_reader_excludes_panoramas_and_keeps_cities_apart(traversals: Path,
     assert dataset.utm_zone is None and not dataset.geotagged
 
 
+@pytest.mark.slow
 def test_corridor_protocol_baselines_report_and_cache(corridor: Path, tmp_path: Path) -> None:
     def run(method: str, **extra: Any) -> dict:
         cfg = EvalConfig(

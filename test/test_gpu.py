@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dsformer_ros.inference.backends import load_backend
-from dsformer_ros.inference.bench import random_model
+from training.bench.backends import random_model
 from dsformer_ros.inference.export import export_onnx
 from dsformer_ros.inference.extractor import DescriptorExtractor
 

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from dsformer_ros.common.geometry import NS_PER_S
 from dsformer_ros.common.utm import utm_to_latlon
 from training.io.bag_reader import BagError, DriveLogReader, GpsFix
 from training.io.bag_writer import DriveLogWriter
@@ -29,7 +30,6 @@ from training.maps.track import (
 
 FUZZ = settings(max_examples=100, derandomize=True, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-NS = 1_000_000_000
 ZONE = 32
 E0, N0 = 500_000.0, 5_000_000.0
 
@@ -46,11 +46,11 @@ def _drive(seconds: float, hz: float, speed: float, noise: float, seed: int = 0,
 
 def _fixes(t: np.ndarray, e: np.ndarray, n: np.ndarray, std: float = 1.5) -> list[GpsFix]:
     lat, lon = utm_to_latlon(e, n, ZONE, "T")
-    return [GpsFix(int(round(ti * NS)) + NS, 0, float(la), float(lo), 0.0, std) for ti, la, lo in zip(t, lat, lon)]
+    return [GpsFix(int(round(ti * NS_PER_S)) + NS_PER_S, 0, float(la), float(lo), 0.0, std) for ti, la, lo in zip(t, lat, lon)]
 
 
 def _position_error(track, t: np.ndarray, e: np.ndarray, n: np.ndarray) -> float:
-    stamps = (np.round(t * NS) + NS).astype(np.int64)
+    stamps = (np.round(t * NS_PER_S) + NS_PER_S).astype(np.int64)
     est_e = np.interp(stamps, track.stamp_ns, track.easting)
     est_n = np.interp(stamps, track.stamp_ns, track.northing)
     return float(np.max(np.hypot(est_e - e, est_n - n)))
@@ -90,7 +90,7 @@ def test_a_real_jump_keeps_the_new_track_and_no_frame_is_placed_between_the_two(
     assert track.counts["track_restarts"] == 1
     assert track.counts["fix_rejected_speed"] == 0  # the fixes after the jump were rejected, then taken back
     assert track.counts["fixes_used"] == len(t)
-    frames = (np.array([2.95, 3.05, 4.0]) * NS + NS).astype(np.int64)
+    frames = (np.array([2.95, 3.05, 4.0]) * NS_PER_S + NS_PER_S).astype(np.int64)
     pos = position_frames(track, frames, 1.5)
     assert pos.reason[0] == TRACK_JUMP  # between the last fix before the jump and the first after it
     assert pos.reason[1] == "" and pos.reason[2] == ""
@@ -104,7 +104,7 @@ def test_a_real_jump_keeps_the_new_track_and_no_frame_is_placed_between_the_two(
        turn=st.floats(-20.0, 20.0), seed=st.integers(0, 1000))
 def test_real_drives_within_the_limits_keep_every_fix(speed, hz, noise, turn, seed) -> None:
     t, e, n, ge, gn = _drive(40, hz, speed, noise, seed, turn)
-    keep, counts, _ = gate_motion((t * NS).astype(np.int64), ge, gn, MotionGate(), np.full(t.size, 1.5))
+    keep, counts, _ = gate_motion((t * NS_PER_S).astype(np.int64), ge, gn, MotionGate(), np.full(t.size, 1.5))
     assert keep.all(), counts
 
 
@@ -121,7 +121,7 @@ def test_isolated_jumps_are_always_rejected(speed, noise, seed, jumps) -> None:
         ge[i] += size * math.sin(angle)
         gn[i] += size * math.cos(angle)
         bad[i] = True
-    keep, counts, _ = gate_motion((t * NS).astype(np.int64), ge, gn, MotionGate(), np.full(t.size, 1.5))
+    keep, counts, _ = gate_motion((t * NS_PER_S).astype(np.int64), ge, gn, MotionGate(), np.full(t.size, 1.5))
     assert not keep[bad].any(), counts
     assert keep[~bad].mean() > 0.95, counts
 
@@ -135,7 +135,7 @@ def test_gate_settings_are_validated() -> None:
 def test_image_stamps_all_zero_are_refused() -> None:
     with pytest.raises(TrackError, match="all 40 image header stamps of /cam in bag are 0: the camera driver"):
         check_frame_stamps(np.zeros(40, dtype=np.int64), "/cam in bag")
-    check_frame_stamps(np.arange(40) * NS, "/cam in bag")
+    check_frame_stamps(np.arange(40) * NS_PER_S, "/cam in bag")
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +146,8 @@ def bags(tmp_path_factory) -> dict[str, Path]:
         path = root / storage
         with DriveLogWriter(path, storage, compressed=True) as writer:
             for i in range(40):
-                writer.write_image(NS + i * NS // 10, np.full((24, 32, 3), i * 5, np.uint8))
-                writer.write_navsatfix(NS + i * NS // 10, 45.0 + i * 1e-5, 9.0, 100.0, (1.0, 1.0, 4.0), 0)
+                writer.write_image(NS_PER_S + i * NS_PER_S // 10, np.full((24, 32, 3), i * 5, np.uint8))
+                writer.write_navsatfix(NS_PER_S + i * NS_PER_S // 10, 45.0 + i * 1e-5, 9.0, 100.0, (1.0, 1.0, 4.0), 0)
         out[storage] = path
     return out
 
@@ -214,15 +214,15 @@ def _drive_bag(path: Path, frames: int = 40, broken: tuple[int, ...] = (), glitc
     with DriveLogWriter(path, "mcap", compressed=True) as writer:
         types = writer.typestore.types
         for i in range(frames):
-            t = NS + i * NS // 10
+            t = NS_PER_S + i * NS_PER_S // 10
             image = np.zeros((24, 32, 3), np.uint8)
             image[:, :, 0] = (np.arange(32) * (i + 1)) % 256
             image[:, :, 1] = (np.arange(24)[:, None] * (7 * i + 3)) % 256
             data = cv2.imencode(".jpg", image)[1].reshape(-1)
             if i in broken:
                 data = np.frombuffer(b"\xff\xd8\xff\xe0 broken sensor data", np.uint8)
-            stamp = types["builtin_interfaces/msg/Time"](sec=0 if zero_stamps else t // NS,
-                                                         nanosec=0 if zero_stamps else t % NS)
+            stamp = types["builtin_interfaces/msg/Time"](sec=0 if zero_stamps else t // NS_PER_S,
+                                                         nanosec=0 if zero_stamps else t % NS_PER_S)
             msg = types["sensor_msgs/msg/CompressedImage"](
                 header=types["std_msgs/msg/Header"](stamp=stamp, frame_id="camera"), format="jpeg", data=data)
             writer.write_raw("/camera/image_raw", "sensor_msgs/msg/CompressedImage", t, msg)
@@ -254,7 +254,7 @@ def test_a_keyframe_that_fails_to_decode_is_replaced_by_the_next_decodable_frame
     assert 6 not in moved and moved[2] == 0.5 and moved[4] == 1.0  # frame 8 -> 9, frame 16 -> 18 (17 is broken too)
     assert all(v == 0.0 for k, v in moved.items() if k not in (2, 4))
     stamps = dict(zip(b.place_id.tolist(), np.asarray(b.stamp_ns).tolist()))
-    assert stamps[2] == NS + 9 * NS // 10 and b.source[2].endswith(f"@{NS + 9 * NS // 10}")
+    assert stamps[2] == NS_PER_S + 9 * NS_PER_S // 10 and b.source[2].endswith(f"@{NS_PER_S + 9 * NS_PER_S // 10}")
 
 
 def test_gps_glitches_in_a_bag_do_not_move_places(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 
 from dsformer_ros.ros.messages import read_candidates_cloud  # noqa: E402
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 START_TIMEOUT_S = 240.0
 ANSWER_TIMEOUT_S = 60.0
 NODE = "/robot1/vpr_node"

@@ -74,6 +74,7 @@ def _save_steps(place_map: PlaceMap, target: Path, kill_at: int) -> int:
     return int(text)
 
 
+@pytest.mark.slow
 def test_a_kill_at_every_step_of_a_save_leaves_the_old_or_the_new_map(tmp_path: Path) -> None:
     old, new, later = _map(1), _map(2), _map(3)
     target = tmp_path / "map"

@@ -44,7 +44,7 @@ from dsformer_ros.model.loading import load_model  # noqa: E402
 from dsformer_ros.ros.messages import read_candidates_cloud  # noqa: E402
 from dsformer_ros.ros.parameters import parameter_defaults  # noqa: E402
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]  # the node over DDS, minutes in all
 
 EASTING0 = 500_000.0
 NORTHING0 = 5_000_000.0

@@ -19,7 +19,7 @@ from node_assets import make_checkpoint_and_map, write_params  # noqa: E402
 
 from dsformer_ros.ros.parameters import unknown_parameters_message  # noqa: E402
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]  # node processes started and signalled
 START_TIMEOUT_S = 240.0
 
 

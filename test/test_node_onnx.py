@@ -38,7 +38,7 @@ from dsformer_ros.model.checkpoint import save_checkpoint  # noqa: E402
 from dsformer_ros.model.loading import load_model  # noqa: E402
 from dsformer_ros.ros.messages import read_candidates_cloud  # noqa: E402
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]  # an export served by the node
 NS = "/onnx"
 NODE = f"{NS}/vpr_node"
 QUERIES = (5, 40, 77)

@@ -64,6 +64,7 @@ def test_package_xml_declares_every_import_with_a_rosdep_key(repo_root):
     assert not unused, f"declared in package.xml but imported nowhere: {sorted(unused)}"
 
 
+@pytest.mark.slow
 def test_pip_install_puts_ros_files_where_launch_finds_them(pip_prefix):
     share = pip_prefix / "share"
     assert (share / "ament_index" / "resource_index" / "packages" / "dsformer_ros").is_file()
@@ -82,6 +83,7 @@ def _run_outside_the_venv(executable: Path, site_packages: Path, *args: str) -> 
     return subprocess.run([str(executable), *args], capture_output=True, text=True, env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_installed_node_runs_with_the_python_that_installed_it(pip_prefix):
     """lib/dsformer_ros/vpr_node starts the node with the installing interpreter, whatever python3 is on PATH."""
     out = _run_outside_the_venv(
@@ -105,6 +107,7 @@ def colcon_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return workspace
 
 
+@pytest.mark.slow
 def test_colcon_build_installs_node_launch_file_params_and_index(colcon_workspace):
     """Executables in lib/dsformer_ros naming the building Python; launch file, params, manifest, ament index entry."""
     install = colcon_workspace / "install" / "dsformer_ros"
@@ -125,6 +128,7 @@ def test_colcon_build_installs_node_launch_file_params_and_index(colcon_workspac
     assert (colcon_workspace / "install" / "setup.bash").is_file()
 
 
+@pytest.mark.slow
 def test_ros2_launch_runs_the_colcon_installed_node(colcon_workspace, launch_site, tmp_path):
     """`source install/setup.bash; ros2 launch dsformer_ros vpr.launch.py`: the installed node starts and, given a
     misspelled parameter, ends the launch naming it."""

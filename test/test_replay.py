@@ -129,6 +129,7 @@ def _config(setup: dict[str, Path], mode: str) -> ReplayConfig:
                         odometry_topic="/odom/wheel")
 
 
+@pytest.mark.slow
 def test_offline_and_node_agree(drive_setup: dict[str, Path]) -> None:
     """The node on the ROS graph (sim time, CompressedImage) gives offline mode's candidates, fixes and recall."""
     offline = run_replay(_config(drive_setup, "offline"))
@@ -277,6 +278,7 @@ def _with_bad_frames(source: Path, target: Path, bad: set[int]) -> None:
             writer.write_raw(conn.topic, conn.msgtype, t, msg)
 
 
+@pytest.mark.slow
 def test_bad_frames_are_counted_and_skipped_in_both_modes(drive_setup: dict[str, Path]) -> None:
     """Offline replay used to abort on the first bad frame and node replay to wait frame_timeout_s for each."""
     bag = drive_setup["root"] / "query_bad_frames"

@@ -11,11 +11,13 @@ import pytest
 
 from node_assets import drive_map
 
+from dsformer_ros.common.config import load_config
 from dsformer_ros.localization.sequence import SequenceConfig
 from training.cli import main
 from training.replay.calibration import LATERAL_GRID_M
 from training.replay.replay import ReplayConfig, run_replay
 from training.replay.sweep import SweepConfig, run_sweep, sweep_table
+from training.study import StudyConfig, run_study
 from training.synth.config import SynthConfig
 from training.synth.drive import write_drive
 
@@ -36,6 +38,7 @@ def drives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             **{name: root / name for name in ("query", "kidnapped", "off_map")}}
 
 
+@pytest.mark.slow
 def test_each_value_gives_what_an_offline_replay_with_it_gives(drives: dict[str, Path]) -> None:
     """Per drive and value: the fixes, availability, largest error and fixes off the map of `replay` itself; the
     drive kinds come from the ground truth; a stricter fix_mass never gives more fixes; table, JSON and figure."""
@@ -94,3 +97,32 @@ def test_bad_settings_are_named(drives: dict[str, Path], capsys: pytest.CaptureF
     assert "fix_mass" in capsys.readouterr().err
     assert main(["sweep", *common[:1], str(drives["root"] / "nobag"), *common[1:]]) == 2
     assert "nobag" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_study_writes_each_route_sweep_with_every_drive(drives: dict[str, Path], tmp_path: Path) -> None:
+    """`study` maps a route with the given model, drives its query, kidnapped and off-map drives through the
+    sequence localizer and keeps every drive's fixes, wrong fixes and fixes off the map in route_N/sweep.json; the
+    route's row is the drives' summary and the lateral fit pools their fixes."""
+    cfg = load_config(StudyConfig, None, [
+        f"checkpoint={drives['checkpoint']}", "routes=[2]", "kidnapped=1", "off_map=1", f"out={tmp_path / 'study'}",
+        "town.blocks=3", "town.width=128", "town.height=96", "town.route_length_m=300",
+        "sequence.agreement_evidence=0.0", "sequence.keep_evidence=0.0"])
+    report = run_study(cfg)
+    (route,) = report["routes"]
+    sweep = json.loads((tmp_path / "study" / "route_2" / "sweep.json").read_text())
+    (row,) = sweep["rows"]
+    assert [Path(d["bag"]).name for d in row["drives"]] == ["query_dusk", "query_kidnapped_150m", "query_off_map_150m"]
+    kinds = [d["kind"] for d in row["drives"]]  # the kidnap lands 250 m on, past this short route's end: off it
+    assert kinds[0] == "on_map" and kinds[2] == "off_map" and kinds[1] in ("kidnapped", "off_map")
+    for drive in row["drives"]:
+        assert 0 <= drive["wrong_fixes"] <= drive["fixes"] <= drive["frames_with_gps"]
+        assert 0 <= drive["fixes_off_map"] <= drive["fixes"]
+    assert route["query_availability"] == row["drives"][0]["availability"] == route["availability"]
+    assert route["wrong_fixes"] == sum(d["wrong_fixes"] for d in row["drives"])
+    assert route["fixes_off_map"] == sum(d["fixes_off_map"] for d in row["drives"])
+    assert report["lateral"]["fixes"] == sum(d["fixes"] for d in row["drives"])
+    assert json.loads((tmp_path / "study" / "study.json").read_text())["text"] == report["text"]
+    assert report["text"].startswith("route 2: query drive") and "all routes:" in report["text"]
+    with pytest.raises(FileNotFoundError, match="make demo"):
+        run_study(dataclasses.replace(cfg, checkpoint=str(tmp_path / "missing.pt")))

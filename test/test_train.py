@@ -186,6 +186,7 @@ def _recall_at_1(model: torch.nn.Module, traversals: Path) -> float:
     return float(section["recall"]["1"])
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_raises_recall(traversals: Path, two_drives_at: Path, tmp_path: Path) -> None:
     # One frontal group (N=1) so that every epoch trains the same classifier; rotation is covered by the resume test.
     cfg = _config(traversals, two_drives_at, tmp_path / "run", "data.partition.groups_per_direction=1",
@@ -215,6 +216,7 @@ def _tiny(traversals: Path, roots: Path, out_dir: Path, *overrides: str) -> Trai
                    "optim.iterations_per_epoch=3", *overrides, val=False)
 
 
+@pytest.mark.slow
 def test_resume_gives_the_uninterrupted_result(traversals: Path, ref_at: Path, tmp_path: Path) -> None:
     straight = train(_tiny(traversals, ref_at, tmp_path / "a", "optim.epochs=2"))
     train(_tiny(traversals, ref_at, tmp_path / "b", "optim.epochs=1"))
@@ -238,6 +240,7 @@ def test_resume_gives_the_uninterrupted_result(traversals: Path, ref_at: Path, t
     assert not torch.equal(initial.state_dict()["fc.weight"], a["fc.weight"])  # training changed the weights
 
 
+@pytest.mark.slow
 def test_two_process_ddp_with_gloo(traversals: Path, ref_at: Path, tmp_path: Path) -> None:
     cfg = _tiny(traversals, ref_at, tmp_path / "ddp", "optim.epochs=2", "optim.iterations_per_epoch=2")
     save_config(cfg, tmp_path / "ddp.yaml")

@@ -10,9 +10,9 @@ from dsformer_ros.common.cpus import prefer_passive_omp_wait
 
 # name -> (module providing add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "describe": ("dsformer_ros.inference.describe_cli", "compute global descriptors of images into a .npy file"),
-    "bench": ("dsformer_ros.inference.bench", "time every backend against the GEMM roofline (quiet and --contended)"),
-    "export": ("dsformer_ros.inference.export", "export a checkpoint as ONNX (fixed input size, provenance in metadata)"),
+    "describe": ("training.describe", "compute global descriptors of images into a .npy file"),
+    "bench": ("training.bench.backends", "time every backend against the GEMM roofline (quiet and --contended)"),
+    "export": ("training.export", "export a checkpoint as ONNX (fixed input size, provenance in metadata)"),
     "node": ("dsformer_ros.ros.main", "run the ROS 2 VPR node without ros2 launch"),
     "eval": ("training.eval.cli", "Recall@N of a model or baseline on a VPR dataset, with a report"),
     "bench-map": ("training.maps.bench_map", "time map search (exact, HNSW, IVF) and the load check on 10k to 1M places"),
@@ -26,12 +26,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("training.synth.cli", "render synthetic drive logs of a procedural town"),
     "replay": ("training.replay.cli", "replay a bag against a map: Recall@N, fix precision, latency"),
     "sweep": ("training.replay.sweep", "replay drives once per value of a localizer setting: availability vs safety"),
-    "demo": ("training.demo", "the end-to-end demo: synth, train, build map, replay through the node"),
+    "demo": ("training.demo.cli", "the end-to-end demo: synth, train, build map, replay through the node"),
+    "study": ("training.study", "the sequence localizer on more routes, kidnapped and off-map drives (after demo)"),
 }
 
 
-# commands timed as the node runs, on cores shared with other work: PyTorch's OpenMP threads sleep, not spin
-SHARED_CPU_COMMANDS = ("bench", "node", "replay")
+# commands that run (and are timed) on cores shared with other work: PyTorch's OpenMP threads sleep, not spin
+SHARED_CPU_COMMANDS = ("bench", "node", "replay", "demo", "study")
 
 
 def _overview() -> str:

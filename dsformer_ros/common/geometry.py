@@ -14,21 +14,27 @@ import numpy as np
 NS_PER_S = 1_000_000_000
 
 
-def wrap_angle(angle: np.ndarray | float) -> np.ndarray:
-    """Angle(s) in radians wrapped to [-pi, pi]."""
+def wrap_angle(angle: np.ndarray | float) -> np.ndarray | float:
+    """Angle (rad) wrapped into [-pi, pi]; a float stays a float (odometry's hot path), arrays work elementwise."""
+    if isinstance(angle, (float, int)):
+        return math.atan2(math.sin(angle), math.cos(angle))
     angle = np.asarray(angle, dtype=np.float64)
     return np.arctan2(np.sin(angle), np.cos(angle))
 
 
-def angle_diff(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
-    """a - b (radians) wrapped to [-pi, pi]."""
-    return wrap_angle(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+def angle_difference(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray | float:
+    """Signed smallest rotation (rad) from b to a, in [-pi, pi]."""
+    return wrap_angle(a - b)
+
+
+def heading_difference_deg(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
+    """Absolute smallest difference between two angles in degrees, in [0, 180]."""
+    return np.abs((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64) + 180.0) % 360.0 - 180.0)
 
 
 def heading_to_yaw(heading_deg: np.ndarray | float) -> np.ndarray:
     """Compass heading (deg clockwise from north) -> ENU yaw (rad counter-clockwise from east) in [-pi, pi]."""
-    yaw = np.pi / 2.0 - np.radians(np.asarray(heading_deg, dtype=np.float64))
-    return np.arctan2(np.sin(yaw), np.cos(yaw))
+    return wrap_angle(np.pi / 2.0 - np.radians(np.asarray(heading_deg, dtype=np.float64)))
 
 
 def yaw_to_heading(yaw: np.ndarray | float) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""`dsformer-vpr export`: a checkpoint -> one ONNX file for a fixed input size, dynamic batch, provenance in metadata.
+"""Export a model as one ONNX file for a fixed input size, dynamic batch, provenance in metadata.
 
 Both of torch's exporters work for all three variants with torch 2.14: `dynamo` (torch.export, opset 18, the
 supported path and the default) and `legacy` (TorchScript tracing, opset 17, deprecated by torch but about three
@@ -8,67 +8,32 @@ ONNX Runtime before it replaces the output file (atomically).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dsformer_ros.common.atomic import atomic_write_bytes
-from dsformer_ros.common.cli import add_config_flags, config_from_args
-from dsformer_ros.common.config import ConfigError
-from dsformer_ros.common.params import check_fields, setting
 from dsformer_ros.inference.onnx_metadata import (
     INPUT_NAME,
     OUTPUT_NAME,
-    QUANTIZATIONS,
     ExportedModel,
     ExportError,
 )
 from dsformer_ros.inference.preprocess import PreprocessConfig
 from dsformer_ros.model.checkpoint import state_dict_sha256
 from dsformer_ros.model.dsformer import DSFormer
-from dsformer_ros.model.loading import load_model
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx",)
 EXPORTERS = ("dynamo", "legacy")
 DEFAULT_OPSET = {"dynamo": 18, "legacy": 17}
 PROTOBUF_LIMIT_BYTES = 2**31 - 1
 VERIFY_TOLERANCE = 1e-4
 INT8_MIN_COSINE = 0.999
-
-
-@dataclass
-class ExportConfig:
-    """What to export and how."""
-
-    checkpoint: str = setting("", "DSFormer checkpoint (ours, or an official state_dict)")
-    format: str = setting("onnx", "output format", choices=FORMATS)
-    out: str = setting("", "output .onnx file (written atomically)")
-    image_size: list[int] = field(default_factory=list, metadata={"spec": {
-        "description": "HEIGHT WIDTH the map's preprocessing produces (default: the checkpoint's own input size)"}})
-    exporter: str = setting("dynamo", "dynamo (torch.export, opset 18) or legacy (TorchScript, opset 17)",
-                            choices=EXPORTERS)
-    opset: int = setting(0, "ONNX opset (0: the exporter's default)", low=0)
-    quantize: str = setting("", "int8: ONNX Runtime dynamic int8 of the MatMul/Gemm weights (CPU); '': fp32",
-                            choices=QUANTIZATIONS)
-    verify: bool = setting(True, "check the written model against PyTorch with ONNX Runtime")
-
-    def validate(self) -> None:
-        """Raise ConfigError naming the first invalid field."""
-        check_fields(self)
-        if not self.checkpoint:
-            raise ConfigError("checkpoint: a checkpoint file is required")
-        if not self.out:
-            raise ConfigError("out: an output file is required")
-        if self.image_size and (len(self.image_size) != 2 or min(self.image_size) < 1):
-            raise ConfigError(f"image_size: expected HEIGHT WIDTH > 0, got {self.image_size}")
 
 
 def check_exportable(model: DSFormer, image_size: tuple[int, int]) -> None:
@@ -197,17 +162,3 @@ def export_onnx(
     atomic_write_bytes(out, data)
     log.info("wrote %s (%.1f MB)", out, len(data) / 1e6)
     return info
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `export`."""
-    add_config_flags(parser, ExportConfig, ("checkpoint", "format", "image_size", "exporter", "quantize", "out"))
-
-
-def run(args: argparse.Namespace) -> int:
-    """Load the checkpoint on the CPU and export it."""
-    cfg = config_from_args(ExportConfig, args)
-    model = load_model(cfg.checkpoint, device="cpu")
-    size = tuple(cfg.image_size) if cfg.image_size else None
-    export_onnx(model, cfg.out, size, cfg.exporter, cfg.opset, cfg.verify, cfg.quantize)
-    return 0

@@ -14,9 +14,9 @@ import math
 import threading
 from dataclasses import dataclass
 
+from dsformer_ros.common.geometry import NS_PER_S, angle_difference, wrap_angle
 from dsformer_ros.common.params import check_fields, setting
 
-NS = 1_000_000_000
 REJECTIONS = ("nonfinite", "time_not_increasing", "jump")
 
 
@@ -45,18 +45,13 @@ class Motion:
         return math.hypot(self.dx, self.dy)
 
 
-def wrap(angle: float) -> float:
-    """Angle in (-pi, pi]."""
-    return math.atan2(math.sin(angle), math.cos(angle))
-
-
 def motion_between(a: OdomPose, b: OdomPose) -> Motion | None:
     """The motion from pose a to pose b in a's robot frame; None when they lie in different epochs."""
     if a.epoch != b.epoch:
         return None
     c, s = math.cos(a.yaw), math.sin(a.yaw)
     ex, ny = b.x - a.x, b.y - a.y
-    return Motion(c * ex + s * ny, -s * ex + c * ny, wrap(b.yaw - a.yaw))
+    return Motion(c * ex + s * ny, -s * ex + c * ny, angle_difference(b.yaw, a.yaw))
 
 
 @dataclass
@@ -84,7 +79,7 @@ class OdometryTrack:
         if not max_speed_mps > 0 or not tolerance_s >= 0:
             raise ValueError("max_speed_mps must be > 0 and tolerance_s >= 0")
         self.max_speed_mps = max_speed_mps
-        self.tolerance_ns = int(tolerance_s * NS)
+        self.tolerance_ns = int(tolerance_s * NS_PER_S)
         self.capacity = capacity
         self.resync_after = resync_after
         self._lock = threading.Lock()
@@ -105,7 +100,7 @@ class OdometryTrack:
                 return self._reject("nonfinite", f"odometry at {stamp_ns} has a non-finite pose ({x}, {y}, {yaw})")
             if self._samples:
                 last = self._samples[-1]
-                dt = (stamp_ns - last.stamp_ns) / NS
+                dt = (stamp_ns - last.stamp_ns) / NS_PER_S
                 if dt <= 0:
                     return self._reject_or_resync(
                         "time_not_increasing", f"odometry stamp {stamp_ns} is not after the last one {last.stamp_ns}",
@@ -163,7 +158,7 @@ class OdometryTrack:
         if a.epoch != b.epoch:
             return b if b.stamp_ns - stamp_ns <= self.tolerance_ns else None
         t = (stamp_ns - a.stamp_ns) / (b.stamp_ns - a.stamp_ns)
-        return OdomPose(int(stamp_ns), a.x + t * (b.x - a.x), a.y + t * (b.y - a.y), wrap(a.yaw + t * wrap(b.yaw - a.yaw)),
+        return OdomPose(int(stamp_ns), a.x + t * (b.x - a.x), a.y + t * (b.y - a.y), wrap_angle(a.yaw + t * angle_difference(b.yaw, a.yaw)),
                         a.epoch)
 
     def clear(self) -> None:

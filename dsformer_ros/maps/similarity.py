@@ -25,6 +25,7 @@ from scipy.spatial import cKDTree
 from scipy.stats import norm
 
 from dsformer_ros.common.config import ConfigError, from_dict, to_dict
+from dsformer_ros.common.geometry import angle_difference, heading_to_yaw
 
 if TYPE_CHECKING:
     from dsformer_ros.maps.placemap import PlaceMap
@@ -130,10 +131,6 @@ class SimilarityModel:
         return model
 
 
-def _angle_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.abs(np.arctan2(np.sin(a - b), np.cos(a - b)))
-
-
 def _dots(descriptors: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Cosine similarity of row pairs (descriptors are L2-normalised), in chunks (works on memory maps)."""
     out = np.empty(i.shape[0], dtype=np.float64)
@@ -174,7 +171,7 @@ def fit_similarity(
     if pairs.shape[0]:
         pairs = pairs[_subsample(pairs.shape[0], 4 * MAX_PAIRS, rng)]
         known = np.isfinite(yaw[pairs[:, 0]]) & np.isfinite(yaw[pairs[:, 1]])
-        same = ~known | (_angle_diff(yaw[pairs[:, 0]], yaw[pairs[:, 1]]) <= HEADING_TOLERANCE_RAD)
+        same = ~known | (np.abs(angle_difference(yaw[pairs[:, 0]], yaw[pairs[:, 1]])) <= HEADING_TOLERANCE_RAD)
         pairs = pairs[same]
     if pairs.shape[0] < MIN_PAIRS:
         raise SimilarityFitError(f"only {pairs.shape[0]} same-heading place pairs within {reach:.1f} m: map too sparse")
@@ -375,8 +372,7 @@ def place_poses(place_map: "PlaceMap") -> tuple[np.ndarray, np.ndarray]:
     """(N, 2) UTM positions and (N,) ENU yaws (rad; from the drive's direction, see `drive_yaw`) of a map's places."""
     meta = place_map.metadata
     xy = np.column_stack([np.asarray(meta.easting, np.float64), np.asarray(meta.northing, np.float64)])
-    yaw = np.pi / 2.0 - np.radians(np.asarray(meta.heading_deg, dtype=np.float64))
-    return xy, drive_yaw(xy, np.asarray(meta.stamp_ns), np.arctan2(np.sin(yaw), np.cos(yaw)))
+    return xy, drive_yaw(xy, np.asarray(meta.stamp_ns), heading_to_yaw(np.asarray(meta.heading_deg)))
 
 
 def fit_map_similarity(place_map: "PlaceMap") -> SimilarityModel:

@@ -27,7 +27,7 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from dsformer_ros.common.geometry import quaternion_to_yaw, stamp_to_ns
+from dsformer_ros.common.geometry import NS_PER_S, quaternion_to_yaw, stamp_to_ns
 from dsformer_ros.inference.image_codec import ImageDecodeError
 from dsformer_ros.localization.latest_frame import FrameRejected, LatestFrameWorker, RollingPercentiles
 from dsformer_ros.localization.localizer import LocalizationResult, Localizer
@@ -217,7 +217,7 @@ class VprNode(LifecycleNode):
         if max_rate > 0:
             now = self.get_clock().now()
             if self._last_put is not None and self._last_put <= now:
-                if (now - self._last_put).nanoseconds < 1e9 / max_rate:
+                if (now - self._last_put).nanoseconds < NS_PER_S / max_rate:
                     worker.count_dropped()
                     return
             self._last_put = now
@@ -239,7 +239,7 @@ class VprNode(LifecycleNode):
         except ImageDecodeError as exc:
             raise FrameRejected(str(exc)) from None
         decode_ms = (time.monotonic() - t0) * 1000.0
-        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp_ns = stamp_to_ns(msg.header.stamp)
         result = self._localizer.localize(rgb, stamp_ns)
         header = Header(stamp=msg.header.stamp, frame_id=self._settings.frame_id)
         try:
@@ -287,7 +287,7 @@ class VprNode(LifecycleNode):
     def _seconds_since(self, then: Time | None, now: Time) -> float:
         if then is None or then > now:
             return math.nan
-        return (now - then).nanoseconds / 1e9
+        return (now - then).nanoseconds / NS_PER_S
 
     def _level(self, stats: Any, fix_age: float, since_active: float, publishers: int) -> tuple[str, str]:
         """OK/WARN/ERROR with a one-line reason, judged on what happened since the last diagnostics message."""

@@ -1,1 +1,1 @@
-"""Benchmarks on synthetic worlds: the sequence localizer on a grid city (`bench-localizer`)."""
+"""Benchmarks that print figures: descriptor backends (`bench`), the sequence localizer on a grid city (`bench-localizer`)."""

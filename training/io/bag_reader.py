@@ -172,10 +172,6 @@ class DriveLogReader:
         """Number of messages on `topic` (from the bag index; 0 for a missing topic)."""
         return sum(c.msgcount for c in self._reader.connections if c.topic == topic)
 
-    def time_range_ns(self) -> tuple[int, int]:
-        """(first, last + 1) bag time of the recording."""
-        return int(self._reader.start_time), int(self._reader.end_time)
-
     def image_frames(self, topic: str, start_ns: int | None = None, stop_ns: int | None = None,
                      first_index: int = 0) -> Iterator[ImageFrame]:
         """Image messages of `topic` in bag order with bag time in [start_ns, stop_ns); `index` counts from

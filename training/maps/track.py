@@ -14,13 +14,12 @@ from typing import Iterable
 
 import numpy as np
 
-from dsformer_ros.common.geometry import yaw_to_heading
+from dsformer_ros.common.geometry import NS_PER_S, heading_difference_deg, yaw_to_heading
 from dsformer_ros.common.utm import latlon_to_utm, utm_to_latlon, zone_letter, zone_number
 from training.io.bag_reader import STATUS_NO_FIX, GpsFix, OdomPose
 
 log = logging.getLogger(__name__)
 
-NS = 1_000_000_000
 # frame drop reasons of `position_frames`
 FIX_GAP = "no_fix_near_in_time"
 OUTSIDE_TRACK = "outside_gps_track"
@@ -120,7 +119,7 @@ def gate_motion(stamps_ns: np.ndarray, x: np.ndarray, y: np.ndarray, gate: Motio
     (`std_m`, NaN when unknown) widens its allowance by three of it."""
     n = stamps_ns.size
     slack = 3.0 * np.nan_to_num(np.zeros(n) if std_m is None else np.asarray(std_m, dtype=np.float64), nan=0.0)
-    t = (stamps_ns - stamps_ns[0]) / NS if n else np.zeros(0)
+    t = (stamps_ns - stamps_ns[0]) / NS_PER_S if n else np.zeros(0)
     keep = np.ones(n, dtype=bool)
     half = gate.window // 2
     if n > gate.window:
@@ -320,7 +319,7 @@ def position_frames(track: Track, stamps_ns: np.ndarray, max_fix_gap_s: float) -
     lo = np.clip(hi - 1, 0, t.size - 1)
     hi_c = np.clip(hi, 0, t.size - 1)
     lo = np.where(exact, hi_c, lo)
-    max_gap = int(max_fix_gap_s * NS)
+    max_gap = int(max_fix_gap_s * NS_PER_S)
     gap = np.maximum(stamps_ns - t[lo], t[hi_c] - stamps_ns)
     reason[outside] = OUTSIDE_TRACK
     reason[~outside & ~exact & (gap > max_gap)] = FIX_GAP
@@ -384,7 +383,7 @@ def select_keyframes(easting: np.ndarray, northing: np.ndarray, heading_deg: np.
         dn = northing[i] - last_n
         turned = False
         if heading_change_deg > 0 and math.isfinite(heading_deg[i]) and math.isfinite(last_h):
-            turned = abs((heading_deg[i] - last_h + 180.0) % 360.0 - 180.0) >= heading_change_deg
+            turned = heading_difference_deg(heading_deg[i], last_h) >= heading_change_deg
         if de * de + dn * dn >= spacing2 or turned:
             keep.append(i)
             last_e, last_n, last_h = easting[i], northing[i], heading_deg[i]

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from dsformer_ros.common.geometry import NS_PER_S
 from training.replay.metrics import ReplayResults, has_positive
 
 CHI2_2D_95 = 5.991
@@ -79,7 +80,7 @@ def calibration_metrics(results: ReplayResults, map_xy: np.ndarray, radius_m: fl
     first = np.flatnonzero(results.accepted)
     if first.size:
         out["first_fix"] = {"frame": int(first[0]), "distance_m": float(along[first[0]]),
-                            "time_s": float((results.stamp_ns[first[0]] - results.stamp_ns[0]) / 1e9)}
+                            "time_s": float((results.stamp_ns[first[0]] - results.stamp_ns[0]) / NS_PER_S)}
     else:
         out["first_fix"] = None
     if jump is not None:

@@ -7,13 +7,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from training.figures import save_figure
+from training.replay.calibration import CHI2_2D_95
 from training.replay.metrics import ReplayResults, correct_at
 
 
 def plot_trajectory(
     results: ReplayResults, map_xy: np.ndarray, evaluable: np.ndarray, radius_m: float, path: Path, title: str = ""
 ) -> None:
-    """Map places in grey, each query frame at its GPS position: green = top-1 within radius, red = wrong, plus fixes."""
+    """Map places in grey, each query frame at its GPS position: green = top-1 within radius, red = wrong, plus the
+    fixes with their 95 % ellipses."""
     origin = np.nanmin(map_xy, axis=0) if map_xy.size else np.zeros(2)
     top1 = correct_at(results, radius_m)[:, 0]
     gt = results.gt_xy - origin
@@ -31,12 +33,33 @@ def plot_trajectory(
     if results.accepted.any():
         fix = results.fix_xy[results.accepted] - origin
         ax.scatter(*fix.T, s=22, marker="x", c="tab:blue", label=f"accepted fixes ({int(results.accepted.sum())})", zorder=4)
+        _ellipses(ax, fix, results.fix_cov_xy[results.accepted])
     ax.set_aspect("equal")
     ax.set_xlabel("easting − %.0f (m)" % origin[0])
     ax.set_ylabel("northing − %.0f (m)" % origin[1])
     ax.set_title(title or f"query trajectory, correct = within {radius_m:g} m of GPS")
     ax.legend(loc="best", fontsize=8)
     save_figure(fig, path)
+
+
+def _ellipses(ax: plt.Axes, xy: np.ndarray, cov: np.ndarray) -> None:
+    """Each fix's 95 % ellipse (from its x/y covariance) as a thin outline."""
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Ellipse
+
+    patches = []
+    for centre, c in zip(xy, cov):
+        if not np.isfinite(c).all():
+            continue
+        values, vectors = np.linalg.eigh(c)
+        if values.min() <= 0:
+            continue
+        minor, major = 2.0 * np.sqrt(CHI2_2D_95 * values)  # eigenvalues ascending
+        angle = float(np.degrees(np.arctan2(vectors[1, 1], vectors[0, 1])))  # the major axis
+        patches.append(Ellipse(tuple(centre), float(major), float(minor), angle=angle))
+    if patches:
+        ax.add_collection(PatchCollection(patches, facecolor="none", edgecolor="tab:blue", lw=0.5, alpha=0.5,
+                                          label="95 % ellipses"))
 
 
 def plot_error_histogram(results: ReplayResults, radius_m: float, path: Path) -> None:

@@ -35,6 +35,7 @@ from training.replay.calibration import calibration_metrics
 from training.replay.config import ReplayConfig
 from training.replay.metrics import ReplayResults, compute_metrics, has_positive, recall_at, record_answer, record_fix
 from training.replay.through_node import replay_through_node
+from training.reports import num, pct
 
 log = logging.getLogger(__name__)
 
@@ -268,24 +269,16 @@ def write_figures(results: ReplayResults, map_xy: np.ndarray, report: dict, out_
 
 def format_metrics(metrics: dict) -> str:
     """One line: recall, fix precision/availability, latency."""
-    recall = ", ".join(f"R@{n} {100 * v:.1f}%" for n, v in metrics["recall"].items())
+    recall = ", ".join(f"R@{n} {pct(v)} %" for n, v in metrics["recall"].items())
     fix = metrics["fix"]
     lat = metrics["latency_ms"]
-    line = (f"{recall}; fixes {fix['accepted']} (precision {_pct(fix['precision'])}, availability "
-            f"{_pct(fix['availability'])}); latency p50 {_ms(lat['p50'])}, p95 {_ms(lat['p95'])}")
+    line = (f"{recall}; fixes {fix['accepted']} (precision {pct(fix['precision'])} %, availability "
+            f"{pct(fix['availability'])} %); latency p50 {num(lat['p50'], 0)} ms, p95 {num(lat['p95'], 0)} ms")
     cal = metrics.get("calibration")
     if cal and cal["fixes_with_covariance"]:
-        line += (f"; inside 95% ellipse {_pct(cal['inside_95'])}, 1 sigma {_pct(cal['inside_1sigma'])}, median "
-                 f"normalised error {cal['median_normalised_error']:.2f}, largest error {cal['max_error_m']:.1f} m")
+        line += (f"; inside 95% ellipse {pct(cal['inside_95'])} %, 1 sigma {pct(cal['inside_1sigma'])} %, median "
+                 f"normalised error {num(cal['median_normalised_error'], 2)}, largest error {num(cal['max_error_m'])} m")
     return line
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None or value != value else f"{100 * value:.1f}%"
-
-
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0f} ms"
 
 
 def json_default(value: object) -> object:

@@ -30,22 +30,11 @@ from dsformer_ros.common.config import ConfigError, to_dict
 from dsformer_ros.common.params import check_fields, setting
 from dsformer_ros.localization.localizer import Localizer
 from dsformer_ros.localization.sequence import SequenceConfig
-from training.io.bag_reader import DriveLogReader, OdomPose
-from training.replay.calibration import find_jump, lateral_coverage, lateral_summary, pool_lateral
+from training.replay.calibration import lateral_coverage, lateral_summary, pool_lateral
 from training.replay.config import ReplayConfig
-from training.replay.metrics import ReplayResults
-from training.replay.replay import (
-    OdometryFeed,
-    bag_frames,
-    bag_odometry,
-    decodable,
-    frame_count,
-    json_default,
-    load_ground_truth,
-    open_localizer,
-    record_result,
-    replay_metrics,
-)
+from training.replay.drives import describe_drive, drive_summary, localize_drive, summarise
+from training.replay.replay import json_default, open_localizer, replay_metrics
+from training.reports import num, pct, text_table
 
 log = logging.getLogger(__name__)
 
@@ -102,102 +91,6 @@ def sequence_at(cfg: SweepConfig, value: float) -> SequenceConfig:
     return dataclasses.replace(cfg.sequence, **{cfg.vary: int(value) if kind in (int, "int") else float(value)})
 
 
-@dataclasses.dataclass
-class DescribedDrive:
-    """One bag, described once: its frames' descriptors and stamps, its odometry and its ground truth."""
-
-    bag: str
-    frames: int  # image messages, bad ones included (unanswered)
-    index: np.ndarray  # (M,) frame numbers of the decodable frames
-    stamp_ns: np.ndarray  # (F,) every frame's stamp
-    descriptors: np.ndarray  # (M, D) float32
-    odometry: list[OdomPose]
-    gt_xy: np.ndarray  # (F, 2)
-
-
-def describe_drive(cfg: SweepConfig, bag: str, localizer: Localizer) -> DescribedDrive:
-    """Decode and describe every frame of `bag` with the localizer's model; read its odometry and ground truth."""
-    replay = cfg.replay_config(bag)
-    with DriveLogReader(bag) as reader:
-        reader.require_topic(cfg.image_topic, "image")
-        n = frame_count(replay, reader)
-        if n == 0:
-            raise ValueError(f"{bag}: no images on {cfg.image_topic}")
-        ground_truth = load_ground_truth(replay, reader, localizer.place_map)
-        odometry = bag_odometry(replay, reader)
-        stamps = np.zeros(n, dtype=np.int64)
-        bad: list[tuple[int, int]] = []
-        index, descriptors = [], []
-        for frame, rgb in tqdm(decodable(bag_frames(replay, reader), bad), total=n, desc=f"describe {Path(bag).name}",
-                               unit="frame"):
-            stamps[frame.index] = frame.stamp_ns
-            index.append(frame.index)
-            descriptors.append(localizer.method.describe([rgb])[0])
-        for i, stamp in bad:
-            stamps[i] = stamp
-    return DescribedDrive(bag, n, np.asarray(index, dtype=np.int64), stamps,
-                          np.asarray(descriptors, dtype=np.float32).reshape(len(index), -1), odometry,
-                          ground_truth.positions(stamps))
-
-
-def localize_drive(drive: DescribedDrive, localizer: Localizer, top_k: int) -> ReplayResults:
-    """The drive's descriptors through the localizer in bag order, odometry by stamp (replay_offline without the
-    model)."""
-    results = ReplayResults.empty_like(drive.frames, top_k)
-    results.stamp_ns[:] = drive.stamp_ns
-    feed = OdometryFeed(localizer, drive.odometry)
-    for row, i in enumerate(drive.index):
-        stamp = int(drive.stamp_ns[i])
-        feed.until(stamp)
-        t0 = time.perf_counter()
-        answer = localizer.localize_descriptor(drive.descriptors[row:row + 1], stamp)
-        record_result(results, int(i), stamp, answer, time.perf_counter() - t0)
-    results.gt_xy[:] = drive.gt_xy
-    return results
-
-
-def drive_figures(results: ReplayResults, metrics: dict[str, Any], radius_m: float) -> dict[str, Any]:
-    """What the sweep keeps of one drive at one value: its kind and the safety and availability figures."""
-    cal = metrics["calibration"]
-    kidnap = cal.get("kidnap")
-    kind = "kidnapped" if find_jump(results) is not None else "off_map" if cal["frames_off_map"] else "on_map"
-    error = np.linalg.norm(results.fix_xy - results.gt_xy, axis=1)
-    fixes = results.accepted & np.isfinite(results.gt_xy).all(axis=1)
-    return {
-        "kind": kind,
-        "frames_with_gps": metrics["frames_with_gps"],
-        "fixes": int(fixes.sum()),
-        "availability": metrics["fix"]["availability"],
-        "wrong_fixes": int((fixes & (error > radius_m)).sum()),
-        "max_error_m": cal["max_error_m"],
-        "fixes_off_map": cal["fixes_off_map"],
-        "kidnap_max_error_after_m": kidnap.get("max_error_after_m") if kidnap else None,
-        "kidnap_recovered_after_m": kidnap.get("recovered_after_m") if kidnap else None,
-    }
-
-
-def summarise(drives: list[dict[str, Any]], radius_m: float) -> dict[str, Any]:
-    """One value's row: availability pooled over the on-map drives' frames, wrong fixes, kidnap and off-map counts."""
-    on_map = [d for d in drives if d["kind"] == "on_map"]
-    kidnapped = [d for d in drives if d["kind"] == "kidnapped"]
-    off_map = [d for d in drives if d["kind"] == "off_map"]
-    frames = sum(d["frames_with_gps"] for d in on_map)
-    fixes = sum(d["fixes"] for d in on_map)
-    wrong = sum(d["wrong_fixes"] for d in on_map)
-    errors = [d["max_error_m"] for d in on_map if d["max_error_m"] is not None]
-    return {
-        "on_map_drives": len(on_map),
-        "availability": fixes / frames if frames else None,
-        "precision": (fixes - wrong) / fixes if fixes else None,
-        "max_error_m": max(errors) if errors else None,
-        "kidnapped_drives": len(kidnapped),
-        "kidnapped_with_fix_beyond_radius": sum((d["kidnap_max_error_after_m"] or 0.0) > radius_m for d in kidnapped),
-        "off_map_drives": len(off_map),
-        "off_map_drives_with_fix": sum(d["fixes_off_map"] > 0 for d in off_map),
-        "fixes_off_map": sum(d["fixes_off_map"] for d in drives),
-    }
-
-
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     """Describe every bag, run the sequence localizer over them once per value, write sweep.json and sweep.png."""
     cfg.validate()
@@ -208,7 +101,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     base = cfg.replay_config(cfg.bags[0])
     localizer = open_localizer(base)
     method, place_map = localizer.method, localizer.place_map
-    described = [describe_drive(cfg, bag, localizer) for bag in cfg.bags]
+    described = [describe_drive(cfg.replay_config(bag), localizer) for bag in cfg.bags]
     rows = []
     for value in tqdm(cfg.values, desc=f"sweep {cfg.vary}", unit="value"):
         loc_cfg = dataclasses.replace(base, sequence=sequence_at(cfg, value)).localizer_config()
@@ -216,7 +109,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         for drive in described:
             results = localize_drive(drive, Localizer(loc_cfg, method, place_map), base.top_k)
             metrics = replay_metrics(results, place_map, cfg.radius_m, base.recall_ns)
-            drives.append({"bag": drive.bag, **drive_figures(results, metrics, cfg.radius_m)})
+            drives.append({"bag": drive.bag, **drive_summary(results, metrics, cfg.radius_m)})
             coverages.append(lateral_coverage(results, loc_cfg.sequence.lateral_sigma_m))
         rows.append({"value": value, **summarise(drives, cfg.radius_m),
                      "lateral": lateral_summary(pool_lateral(coverages)), "drives": drives})
@@ -232,41 +125,30 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     return report
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
 def row_text(row: dict[str, Any]) -> str:
     """One value's figures in a line."""
-    error = "n/a" if row["max_error_m"] is None else f"{row['max_error_m']:.1f}"
-    return (f"availability {_pct(row['availability'])} % over {row['on_map_drives']} on-map drives (precision "
-            f"{_pct(row['precision'])} %, largest error {error} m); {row['kidnapped_with_fix_beyond_radius']} of "
-            f"{row['kidnapped_drives']} kidnapped drives with a fix beyond the radius; {row['fixes_off_map']} fixes "
-            f"off the map in {row['off_map_drives_with_fix']} of {row['off_map_drives']} off-map drives; "
-            f"{lateral_text(row['lateral'])}")
+    return (f"availability {pct(row['availability'])} % over {row['on_map_drives']} on-map drives (precision "
+            f"{pct(row['precision'])} %, largest error {num(row['max_error_m'])} m); "
+            f"{row['kidnapped_with_fix_beyond_radius']} of {row['kidnapped_drives']} kidnapped drives with a fix beyond "
+            f"the radius; {row['fixes_off_map']} fixes off the map in {row['off_map_drives_with_fix']} of "
+            f"{row['off_map_drives']} off-map drives; {lateral_text(row['lateral'])}")
 
 
 def lateral_text(lateral: dict[str, Any]) -> str:
     """The fitted lateral_sigma_m beside the configured one and what the configured one covers."""
     fitted = "none reaches 95 %" if lateral["fitted_m"] is None else f"{lateral['fitted_m']:.1f} m"
     return (f"lateral_sigma_m fitted on {lateral['fixes']} fixes: {fitted} (configured "
-            f"{lateral['lateral_sigma_m']:g} m: {_pct(lateral['inside_95_configured'])} % inside the 95 % ellipse)")
+            f"{lateral['lateral_sigma_m']:g} m: {pct(lateral['inside_95_configured'])} % inside the 95 % ellipse)")
 
 
 def sweep_table(report: dict[str, Any]) -> str:
     """The trade-off as a table, one row per value."""
     header = [report["setting"], "avail %", "prec %", "max err m", "kidnapped: fix > radius", "fixes off map",
               "off-map drives with a fix"]
-    rows = [header]
-    for r in report["rows"]:
-        rows.append([f"{r['value']:g}", _pct(r["availability"]), _pct(r["precision"]),
-                     "n/a" if r["max_error_m"] is None else f"{r['max_error_m']:.1f}",
-                     f"{r['kidnapped_with_fix_beyond_radius']} of {r['kidnapped_drives']}", str(r["fixes_off_map"]),
-                     f"{r['off_map_drives_with_fix']} of {r['off_map_drives']}"])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    rows = [[f"{r['value']:g}", pct(r["availability"]), pct(r["precision"]), num(r["max_error_m"]),
+             f"{r['kidnapped_with_fix_beyond_radius']} of {r['kidnapped_drives']}", str(r["fixes_off_map"]),
+             f"{r['off_map_drives_with_fix']} of {r['off_map_drives']}"] for r in report["rows"]]
+    return text_table(header, rows, left=0)
 
 
 def plot_sweep(report: dict[str, Any], path: Path) -> None:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from dsformer_ros.common.atomic import atomic_write_text
 from dsformer_ros.common.config import to_dict
-from dsformer_ros.common.geometry import ns_to_stamp, quaternion_to_yaw, stamp_to_ns
+from dsformer_ros.common.geometry import NS_PER_S, ns_to_stamp, quaternion_to_yaw, stamp_to_ns
 from dsformer_ros.localization.localizer import LocalizerConfig
 from training.io.bag_reader import ImageFrame, OdomPose
 from training.replay.config import ReplayConfig
@@ -34,7 +34,6 @@ from training.replay.metrics import ReplayResults, record_answer, record_fix
 
 log = logging.getLogger(__name__)
 
-NS = 1_000_000_000
 PROBE_RETRY_S = 3.0
 STOP_TIMEOUT_S = 30.0
 POSE_GRACE_S = 1.0
@@ -157,7 +156,7 @@ class _Driver:
     def publish_odometry(self, pose: "OdomPose") -> None:
         """One bag odometry pose as nav_msgs/Odometry (frame odom)."""
         msg = self._odometry_type()
-        msg.header.stamp.sec, msg.header.stamp.nanosec = pose.stamp_ns // NS, pose.stamp_ns % NS
+        msg.header.stamp.sec, msg.header.stamp.nanosec = ns_to_stamp(pose.stamp_ns)
         msg.header.frame_id, msg.child_frame_id = pose.frame_id or "odom", "base_link"
         msg.pose.pose.position.x, msg.pose.pose.position.y = float(pose.x), float(pose.y)
         msg.pose.pose.orientation.z, msg.pose.pose.orientation.w = math.sin(pose.yaw / 2), math.cos(pose.yaw / 2)
@@ -227,7 +226,7 @@ def _probe(driver: _Driver, first: bytes, first_stamp: int, cfg: ReplayConfig, a
     while not any(s in driver.answers for s in probe_stamps):
         if time.monotonic() > deadline:
             raise NodeReplayError(f"no answer to a probe frame within startup_timeout_s={cfg.startup_timeout_s:g}")
-        stamp = first_stamp - NS - len(probe_stamps) * 1000
+        stamp = first_stamp - NS_PER_S - len(probe_stamps) * 1000
         probe_stamps.append(stamp)
         sent = driver.publish_frame(stamp, _probe_message(first, driver.image_type, stamp))
         if driver.spin_until(lambda: stamp in driver.answers, PROBE_RETRY_S, alive):

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dsformer_ros.common.atomic import OutputPathError, atomic_directory, check_output_directory
-from dsformer_ros.common.geometry import yaw_to_heading
+from dsformer_ros.common.geometry import NS_PER_S, yaw_to_heading
 from dsformer_ros.common.utm import latlon_to_utm, utm_to_latlon
 from training.io.at_names import AtName, format_at_name
 from training.io.bag_writer import STATUS_FIX, STATUS_NO_FIX, DriveLogWriter
@@ -135,15 +135,15 @@ def write_drive(cfg: SynthConfig) -> DriveSummary:
     traj, times = plan_drive(cfg, town)
     poses = drive_poses(cfg, traj, times)
     origin = GeoOrigin.from_latlon(cfg.origin_lat, cfg.origin_lon)
-    t0 = int(round(cfg.start_time_s * 1e9))
+    t0 = int(round(cfg.start_time_s * NS_PER_S))
     gps_times = np.arange(0.0, times[-1] + 1e-9, 1.0 / cfg.gps_hz)
     gps_poses = drive_poses(cfg, traj, gps_times)
-    events = [(int(round(t * 1e9)), 0, k) for k, t in enumerate(times)] + [(int(round(t * 1e9)), 1, k) for k, t in enumerate(gps_times)]
+    events = [(int(round(t * NS_PER_S)), 0, k) for k, t in enumerate(times)] + [(int(round(t * NS_PER_S)), 1, k) for k, t in enumerate(gps_times)]
     odom = np.zeros((0, 3))
     if cfg.odometry_topic and cfg.odometry_hz > 0:
         odom_times = np.arange(0.0, times[-1] + 1e-9, 1.0 / cfg.odometry_hz)
         odom = wheel_odometry(drive_poses(cfg, traj, odom_times), odom_times, odometry_model(cfg), 3.0 * cfg.speed_mps)
-        events += [(int(round(t * 1e9)), 2, k) for k, t in enumerate(odom_times)]
+        events += [(int(round(t * NS_PER_S)), 2, k) for k, t in enumerate(odom_times)]
     events.sort()
     rng = np.random.default_rng([cfg.drive_seed, 31])
     sigma = cfg.gps_sigma_m

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dsformer_ros.common.geometry import wrap_angle
 from training.synth.render import Pose
 
 
@@ -24,10 +25,6 @@ class WheelOdometryModel:
     distance_noise: float = 0.01  # relative 1-sigma noise of each step's distance
     yaw_noise_deg: float = 0.05  # 1-sigma noise of each step's heading change
     seed: int = 0
-
-
-def _wrap(a: np.ndarray) -> np.ndarray:
-    return np.arctan2(np.sin(a), np.cos(a))
 
 
 def wheel_odometry(poses: list[Pose], times_s: np.ndarray, model: WheelOdometryModel,
@@ -44,7 +41,7 @@ def wheel_odometry(poses: list[Pose], times_s: np.ndarray, model: WheelOdometryM
     dx_w, dy_w = np.diff(x), np.diff(y)
     forward = c * dx_w + s * dy_w
     left = -s * dx_w + c * dy_w
-    turn = _wrap(np.diff(yaw))
+    turn = wrap_angle(np.diff(yaw))
     dt = np.diff(np.asarray(times_s, dtype=np.float64))
     jumped = np.hypot(forward, left) > max_speed_mps * np.maximum(dt, 1e-9)
     for k in np.flatnonzero(jumped):
@@ -59,6 +56,6 @@ def wheel_odometry(poses: list[Pose], times_s: np.ndarray, model: WheelOdometryM
         ch, sh = math.cos(heading), math.sin(heading)
         out[k + 1, 0] = out[k, 0] + scale[k] * (ch * forward[k] - sh * left[k])
         out[k + 1, 1] = out[k, 1] + scale[k] * (sh * forward[k] + ch * left[k])
-        heading = math.atan2(math.sin(heading + turn[k]), math.cos(heading + turn[k]))
+        heading = wrap_angle(heading + float(turn[k]))
         out[k + 1, 2] = heading
     return out

@@ -19,7 +19,6 @@ WALL, WINDOW, SHOP_WINDOW, SIGN, DOOR, LEDGE = 0, 1, 2, 3, 4, 5
 # pixel kinds in the ground map
 ROAD, MARKING, PAVEMENT, CURB = 0, 1, 2, 3
 # block sides, in the order of the perimeter coordinate; outward normals
-SIDES = ("south", "east", "north", "west")
 SIDE_NORMALS = np.array([[0.0, -1.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
 RING_DEPTH_M = 25.0
 MAX_HEIGHT_M = 26.0

@@ -16,6 +16,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
+from dsformer_ros.common.geometry import heading_difference_deg
 from dsformer_ros.inference.preprocess import read_image
 from training.io.at_names import AtName, AtNameError, read_at_folder
 from training.partition.clustering import VIEWS, Partition, focal_headings_deg, partition
@@ -87,11 +88,6 @@ def read_image_table(roots: list[str]) -> ImageTable:
     return ImageTable(paths, positions, np.mod(headings, 360.0), zones[0])
 
 
-def angle_difference_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Absolute smallest difference between angles in degrees, in [0, 180]."""
-    return np.abs((np.asarray(a) - np.asarray(b) + 180.0) % 360.0 - 180.0)
-
-
 def build_training_set(cfg: DataSection, cache_dir: str | Path | None = None) -> TrainingSet:
     """Read the images, partition their positions and keep per group the classes that can be trained."""
     table = read_image_table(cfg.roots)
@@ -105,7 +101,7 @@ def build_training_set(cfg: DataSection, cache_dir: str | Path | None = None) ->
             members = info.members
             if cfg.kind == "perspective_at":
                 bearing = focal_headings_deg(table.positions[members], info.focal)
-                members = members[angle_difference_deg(bearing, table.headings[members]) <= cfg.heading_tolerance_deg]
+                members = members[heading_difference_deg(bearing, table.headings[members]) <= cfg.heading_tolerance_deg]
                 if len(members) < cfg.min_frames_per_class:
                     dropped += 1
                     continue

@@ -17,7 +17,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.special import ndtr as norm_cdf
 
-from dsformer_ros.common.geometry import angle_diff
+from dsformer_ros.common.geometry import angle_difference
 from dsformer_ros.localization.odometry import Motion
 from dsformer_ros.localization.sequence.config import SequenceConfig
 from dsformer_ros.localization.sequence.sparse import Support
@@ -182,7 +182,7 @@ def _move(graph: PlaceGraph, cfg: SequenceConfig, step: Step, rows: np.ndarray, 
     xy_t, yaw_t = graph.xy[tgt], graph.yaw[tgt]
     g = np.exp(-0.5 * (np.linalg.norm(xy_t - centre[src], axis=1) / sigma[src]) ** 2)
     new_heading = robot + turn
-    turn_err = angle_diff(yaw_t, new_heading[src])
+    turn_err = angle_difference(yaw_t, new_heading[src])
     both = known[src] & np.isfinite(yaw_t)
     h = np.where(both, np.exp(-0.5 * (turn_err / turn_sigma) ** 2), 1.0)
     w = g * h

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dsformer_ros.common.geometry import angle_diff
+from dsformer_ros.common.geometry import angle_difference
 from dsformer_ros.localization.odometry import Motion
 from dsformer_ros.localization.sequence.motion import COMPATIBLE_SIGMAS, PlaceGraph
 from dsformer_ros.localization.sequence.sparse import Support, largest, positions_in
@@ -102,7 +102,7 @@ class OffMapTracks:
         miss = np.linalg.norm(offset, axis=1)
         ahead = offset[:, 0] * np.cos(self.yaw[src]) + offset[:, 1] * np.sin(self.yaw[src])
         yaw_t = graph.yaw[tgt]
-        relative = np.where(np.isfinite(yaw_t), angle_diff(self.yaw[src], yaw_t), 0.0)
+        relative = np.where(np.isfinite(yaw_t), angle_difference(self.yaw[src], yaw_t), 0.0)
         heading_ok = np.abs(relative) <= COMPATIBLE_SIGMAS * heading_sigma
         w = np.exp(-0.5 * (miss / width[src]) ** 2) * heading_ok * (ahead >= -graph.spacing_m / 2.0)
         share = np.zeros(self.mass.size)

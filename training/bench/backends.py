@@ -35,6 +35,7 @@ from dsformer_ros.inference.backends import BACKENDS, BackendError, DescriptorBa
 from dsformer_ros.inference.backends.torch_backend import TorchBackend
 from dsformer_ros.inference.precision import PRECISIONS
 from dsformer_ros.model.dsformer import VARIANTS, DSFormer, build_model, preset
+from training.reports import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -291,10 +292,8 @@ def bench_variant(variant: str, cfg: BenchConfig, rates: dict[tuple[str, str], f
 def format_table(rows: list[dict], rates: dict[tuple[str, str], float]) -> str:
     """Markdown table of benchmark rows, preceded by the measured GEMM rates."""
     lines = [f"GEMM roofline {device} {precision}: {rate:.1f} GFLOP/s" for (device, precision), rate in rates.items()]
-    lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        lines.append("| " + " | ".join(str(row.get(c, "")) for c in COLUMNS) + " |")
-    return "\n".join(lines)
+    table = markdown_table(COLUMNS, [[str(row.get(c, "")) for c in COLUMNS] for row in rows])
+    return "\n".join([*lines, "", table])
 
 
 def _rates(cfg: BenchConfig) -> dict[tuple[str, str], float]:
