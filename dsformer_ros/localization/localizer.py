@@ -125,7 +125,7 @@ class LocalizerConfig:
     top_k: int = setting(5, "Candidates per frame in ~/candidates.", low=1, high=1000, section="output")
     mode: str = setting(
         "sequence",
-        "sequence: a Bayes filter over the map's places, moved by odometry (odometry_topic) or a bounded speed, "
+        "sequence: a Bayes filter over the map's places, moved by odometry (odometry_topic) or its own speed estimate, "
         "publishes a fix when the belief is concentrated, with the belief's spread as covariance (settings below); "
         "single_frame: each frame judged alone (score_threshold, top-k agreement, temporal vote).",
         choices=MODES, section=ACCEPT,

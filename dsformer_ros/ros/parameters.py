@@ -50,7 +50,8 @@ class NodeSettings:
     odometry_topic: str = setting(
         "",
         "nav_msgs/Odometry topic (wheel odometry or VIO, in its own drifting frame) used as relative motion between "
-        "frames by mode sequence; matched to frames by stamp. Empty: none (the motion is bounded by max_speed_mps).",
+        "frames by mode sequence; matched to frames by stamp. Empty: none (the filter estimates the speed from the "
+        "frames, up to max_speed_mps).",
         section=INPUT,
     )
     image_decoder: str = setting(

@@ -54,7 +54,7 @@ class SweepConfig:
     values: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0])  # the values it takes, in order
     image_topic: str = setting("/camera/image_raw", "image topic (sensor_msgs/Image or CompressedImage)")
     gps_topic: str = setting("/gps/fix", "sensor_msgs/NavSatFix topic: the ground truth")
-    odometry_topic: str = setting("", "nav_msgs/Odometry topic fed to the localizer ('' = none: bounded speed)")
+    odometry_topic: str = setting("", "nav_msgs/Odometry topic fed to the localizer ('' = none: the filter estimates the speed)")
     radius_m: float = setting(25.0, "metres from the bag's GPS that count as correct", low=0.001)
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     sequence: SequenceConfig = field(default_factory=SequenceConfig)  # every other setting (--set sequence.KEY=V)
