@@ -299,7 +299,7 @@ def test_negative_and_nan_odometry_covariances_are_refused_and_counted(tmp_path:
     with DriveLogWriter(tmp_path / "bag", "mcap") as writer:
         for i in range(20):
             variance = {3: -2.0, 7: math.nan}.get(i, 0.25)
-            writer.write_odometry(NS + i * NS // 10, "utm", "base_link", E0, N0 + 0.5 * i, 0.0, 0.0,
+            writer.write_odometry(NS_PER_S + i * NS_PER_S // 10, "utm", "base_link", E0, N0 + 0.5 * i, 0.0, 0.0,
                                   (variance, variance, 1.0, 0.1, 0.1, 0.1))
     with DriveLogReader(tmp_path / "bag") as reader:
         poses = list(reader.odometry("/odom/ground_truth"))
