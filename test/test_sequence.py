@@ -11,10 +11,11 @@ import math
 import numpy as np
 import pytest
 
+from dsformer_ros.common.geometry import NS_PER_S, angle_difference
 from dsformer_ros.localization.sequence import CONVERGED, LOST, SequenceConfig, SequenceLocalizer
 from dsformer_ros.maps.similarity import SimilarityFitError, fit_similarity, held_out_alias_excess, reference_rows
 
-NS = 1_000_000_000
+NS = NS_PER_S
 
 
 class World:
@@ -102,7 +103,7 @@ def wheel(scale: float = 1.04, drift_deg_per_m: float = 0.05):
         last = state["last"]
         if last is not None:
             step = math.hypot(*(xy - last[0])) * scale
-            turn = math.atan2(math.sin(yaw - last[1]), math.cos(yaw - last[1])) + math.radians(drift_deg_per_m) * step
+            turn = angle_difference(yaw, last[1]) + math.radians(drift_deg_per_m) * step
             p = state["pose"]
             p[2] += turn
             p[0] += step * math.cos(p[2])

@@ -12,10 +12,10 @@ import math
 
 import numpy as np
 
+from dsformer_ros.common.geometry import NS_PER_S, angle_difference
 from dsformer_ros.common.params import check_fields, setting
 from training.bench.city import City
 
-NS = 1_000_000_000
 # Random walk: weights of going straight, turning left and turning right at a crossing.
 TURN_WEIGHTS = {0: 2.0, 1: 1.0, -1: 1.0}
 DIRECTIONS = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]])  # east, north, west, south: index + 1 turns left
@@ -128,7 +128,7 @@ def wheel_odometry(xy: np.ndarray, yaw: np.ndarray, carried: int, cfg: DriveConf
             step, turn = cfg.frame_step_m * cfg.odometry_scale, 0.0
         else:
             step = math.hypot(*(xy[k] - xy[k - 1])) * cfg.odometry_scale
-            turn = math.atan2(math.sin(yaw[k] - yaw[k - 1]), math.cos(yaw[k] - yaw[k - 1]))
+            turn = angle_difference(yaw[k], yaw[k - 1])
         heading = poses[k - 1, 2] + turn + drift * step
         poses[k] = poses[k - 1, 0] + step * math.cos(heading), poses[k - 1, 1] + step * math.sin(heading), heading
     return poses
@@ -168,5 +168,5 @@ def make_drive(city: City, cfg: DriveConfig) -> Drive:
     reset_at = int(np.searchsorted(distance[:carried], first_m - cfg.relocalize_m))
     beyond = np.zeros(len(xy))
     beyond[carried:] = np.maximum(xy2[:, 1] - city.ny * b - city.config.lane_m / 2.0, 0.0)
-    stamp = (np.arange(len(xy)) * (cfg.frame_step_m / cfg.speed_mps) * NS).astype(np.int64)
+    stamp = (np.arange(len(xy)) * (cfg.frame_step_m / cfg.speed_mps) * NS_PER_S).astype(np.int64)
     return Drive(xy, yaw, wheel_odometry(xy, yaw, carried, cfg), stamp, distance, fog, beyond, reset_at, carried)
