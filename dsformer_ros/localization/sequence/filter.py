@@ -22,7 +22,9 @@ from dsformer_ros.localization.sequence.config import SequenceConfig
 from dsformer_ros.localization.sequence.fix import concentrated_fix
 from dsformer_ros.localization.sequence.gate import CONVERGED, SEARCHING, Concentration, FixGate
 from dsformer_ros.localization.sequence.measurement import Evidence, frame_evidence
-from dsformer_ros.localization.sequence.motion import PlaceGraph, Step, predict, speed_bins, uniform_speed
+from dsformer_ros.localization.sequence.motion import (
+    PlaceGraph, Step, odometry_speed, predict, speed_bins, uniform_speed,
+)
 from dsformer_ros.localization.sequence.off_map import LOOK_ALIKE_LENGTH_M, OFF_MAP_MIN_SHARE, LookAlike
 from dsformer_ros.localization.sequence.sparse import Support, positions_in, weigh_excess
 from dsformer_ros.localization.sequence.transitions import (
@@ -163,14 +165,13 @@ class SequenceLocalizer:
         """Move the placed mass, the off-map tracks and the look-alike twin; apply the transition table."""
         cfg, belief = self.config, self.belief
         carried = belief.support
-        moved = predict(self.graph, cfg, step, carried)
+        moved = predict(self.graph, cfg, step, carried, self.speeds)
         self.places_touched += moved.pairs
         support = moved.support
         unknown = float(moved.leaked[:, 1].sum())  # views that had stopped matching: may be anywhere
         if step.motion is not None:
             belief.tracks.move(step.motion, cfg.odometry_noise_m, cfg.odometry_noise_fraction)
-            back, pairs = belief.tracks.returning(self.graph, self.heading_sigma, support.speed[:1] if len(support)
-                                                  else uniform_speed(self.speeds.size))
+            back, pairs = belief.tracks.returning(self.graph, self.heading_sigma, odometry_speed(self.speeds, step))
             self.places_touched += pairs
             if len(back):
                 joined = support.concat(back)
@@ -210,7 +211,7 @@ class SequenceLocalizer:
         if twin.rows.size and fade > 0:
             sources = _carried_at(carried, twin.rows, uniform_speed(self.speeds.size))
             sources.matched = twin.mass
-            moved = predict(self.graph, cfg, step, sources)
+            moved = predict(self.graph, cfg, step, sources, self.speeds)
             self.places_touched += moved.pairs
             twin = LookAlike(moved.support.rows, moved.support.matched * fade, twin.level * fade + inflow)
         else:

@@ -83,7 +83,7 @@ class Step:
 @dataclass
 class Moved:
     """Where the sources' mass went (a support of target places) and, per source, the mass (matched, unmatched)
-    that drove off the map with the pose it left with."""
+    that drove off the map with the pose it left with (with odometry; without, nothing is dead-reckoned: NaN yaw)."""
 
     support: Support
     leaked: np.ndarray  # (S, 2)
@@ -98,41 +98,34 @@ def uniform_speed(bins: int) -> np.ndarray:
     return np.full(bins, 1.0 / bins)
 
 
-def predict(graph: PlaceGraph, cfg: SequenceConfig, step: Step, sources: Support) -> Moved:
+def odometry_speed(speeds: np.ndarray, step: Step) -> np.ndarray:
+    """Speed distribution of mass the odometry moved: the speed nearest the odometry's."""
+    out = np.zeros(speeds.size)
+    out[int(np.argmin(np.abs(speeds - step.motion.distance / step.tau)))] = 1.0
+    return out
+
+
+def predict(graph: PlaceGraph, cfg: SequenceConfig, step: Step, sources: Support, speeds: np.ndarray) -> Moved:
     """Move the mass of the source places (with their carried offset, relative heading and speed) by `step`.
 
-    With odometry each source moves once, by the odometry; without, once per speed hypothesis it holds (the speed
+    With odometry each source moves once, by the odometry; without, once per speed of `speeds` it holds (the speed
     is part of the state: a hypothesis whose steps the views confirm gathers the mass)."""
-    speeds = speed_bins(cfg)
     if step.motion is not None:
-        origin = np.arange(sources.rows.size)
-        step_m = np.full(origin.size, step.motion.distance)
-        arrived_speed = np.zeros((origin.size, speeds.size))
-        arrived_speed[:, int(np.argmin(np.abs(speeds - step.motion.distance / step.tau)))] = 1.0
-        mass = np.column_stack([sources.matched, sources.unmatched])
-    else:
-        share = sources.speed * (sources.speed >= SPEED_SHARE_MIN)
-        share /= np.maximum(share.sum(axis=1, keepdims=True), 1e-300)
-        origin, bin_ = np.nonzero(share)
-        step_m = speeds[bin_] * step.tau
-        arrived_speed = np.eye(speeds.size)[bin_]
-        mass = np.column_stack([sources.matched[origin], sources.unmatched[origin]]) * share[origin, bin_, None]
-    moved = _move(graph, cfg, step, sources.rows[origin], sources.offset[origin], sources.heading[origin], step_m,
-                  _bin_width(speeds)[bin_] * step.tau if step.motion is None else 0.0, mass, arrived_speed)
-    if step.motion is None:
-        moved.support.speed = _speed_change(moved.support.speed)
-    # per source, what left the map and where: summed over its speed hypotheses (their mean pose)
-    leaked = np.zeros((sources.rows.size, 2))
+        count = len(sources)
+        return _move(graph, cfg, step, sources.rows, sources.offset, sources.heading,
+                     np.full(count, step.motion.distance), 0.0, np.column_stack([sources.matched, sources.unmatched]),
+                     np.tile(odometry_speed(speeds, step), (count, 1)))
+    share = sources.speed * (sources.speed >= SPEED_SHARE_MIN)
+    share /= np.maximum(share.sum(axis=1, keepdims=True), 1e-300)
+    origin, bin_ = np.nonzero(share)
+    mass = np.column_stack([sources.matched[origin], sources.unmatched[origin]]) * share[origin, bin_, None]
+    moved = _move(graph, cfg, step, sources.rows[origin], sources.offset[origin], sources.heading[origin],
+                  speeds[bin_] * step.tau, _bin_width(speeds)[bin_] * step.tau, mass, np.eye(speeds.size)[bin_])
+    moved.support.speed = _speed_change(moved.support.speed)
+    leaked = np.zeros((len(sources), 2))
     np.add.at(leaked, origin, moved.leaked)
-    weight = np.maximum(moved.leaked.sum(axis=1), 1e-300)
-    total = np.maximum(np.bincount(origin, weights=weight, minlength=sources.rows.size), 1e-300)
-    centre = np.column_stack([np.bincount(origin, weights=weight * moved.centre[:, c], minlength=sources.rows.size)
-                              for c in (0, 1)]) / total[:, None]
-    first = np.full(sources.rows.size, -1)
-    first[origin[::-1]] = np.arange(origin.size)[::-1]
-    yaw = np.where(first >= 0, moved.yaw[np.maximum(first, 0)], np.nan)
-    sigma = np.where(first >= 0, moved.sigma[np.maximum(first, 0)], graph.spacing_m)
-    return Moved(moved.support, leaked, centre, yaw, sigma, moved.pairs)
+    return Moved(moved.support, leaked, graph.xy[sources.rows], np.full(len(sources), np.nan),
+                 np.zeros(len(sources)), moved.pairs)
 
 
 def _bin_width(speeds: np.ndarray) -> np.ndarray:
